@@ -1,0 +1,46 @@
+"""Trains SAGAN. Example:
+
+  python main.py --config=configs/quickstart.py --workdir=/tmp/sagan
+  python main.py --config=configs/imagenet128.py --workdir=... --config.batch_size=64
+"""
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for samples, metrics and checkpoints.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv):
+  """absl's parser, after a check that every --config.FIELD override names a field."""
+  from sagan_jax.config import ConfigError, check_field_names
+  overrides = [a[len('--config.'):].split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  try:
+    check_field_names(overrides)
+  except ConfigError as e:
+    sys.exit(f'Config error: {e}')
+  return FLAGS(argv)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import tensorflow as tf
+  tf.config.experimental.set_visible_devices([], 'GPU')  # the GPU is JAX's
+  import jax
+  from sagan_jax import train
+  from sagan_jax.config import ConfigError
+
+  logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    sys.exit(f'Config error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""Self-Attention GAN (Zhang et al. 2018) in JAX/Flax."""

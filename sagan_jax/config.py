@@ -1,0 +1,102 @@
+"""The configuration schema (every field, with its default) and its checks.
+
+Config files in configs/ start from `default_config()` and override fields;
+`validate` rejects anything else before a single function is compiled.
+"""
+import difflib
+
+import ml_collections
+
+from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers,
+                              attention_resolutions)
+
+LOSSES = ('hinge', 'non_saturating', 'wasserstein')
+ATTENTION_VARIANTS = ('sagan', 'simple')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Data
+  c.dataset = 'sagan_shapes'  # TFDS name; 'sagan_shapes' is embedded (no download)
+  c.data_dir = ''  # TFDS data dir; '' = TFDS's default (~/tensorflow_datasets)
+  c.image_size = 32  # one of ARCHITECTURES: 32, 64, 128, 256
+  c.num_classes = 10
+  c.shuffle_buffer = 10_000  # examples in tf.data's shuffle buffer
+  # Model
+  c.ch = 64  # base width; block widths are multiples of it
+  c.z_dim = 128
+  c.attention_resolution = 16  # where G and D attend (0: nowhere)
+  c.attention = 'sagan'  # 'sagan': authors' code (pooled keys/values); 'simple': paper text
+  c.init = 'xavier'  # 'xavier' (authors' code) or 'orthogonal' (BigGAN)
+  c.sn_power_iterations = 1  # power iterations per update of spectral norm's u
+  c.sn_eps = 1e-12
+  c.bn_momentum = 0.999  # moving-average decay of G's batch-norm statistics
+  c.bn_eps = 1e-5
+  # Training
+  c.loss = 'hinge'  # 'hinge', 'non_saturating' or 'wasserstein'
+  c.batch_size = 256  # global batch, split over all devices
+  c.num_d_steps = 1  # D steps (each on its own real batch) per G step
+  c.g_lr = 1e-4  # TTUR: G's Adam learning rate
+  c.d_lr = 4e-4  # TTUR: D's Adam learning rate
+  c.adam_b1 = 0.0
+  c.adam_b2 = 0.999  # authors' code (TF default); the paper says 0.9
+  c.ema_decay = 0.9999  # EMA of G's weights (not in the paper; BigGAN's decay)
+  c.ema_start_step = 20_000  # before this step the EMA copies G's weights
+  c.num_train_steps = 1_000_000
+  c.seed = 0
+  # Logging and samples
+  c.log_every_steps = 100
+  c.sample_every_steps = 5_000  # sample grid PNGs (raw and EMA G) into workdir/samples
+  c.sample_classes = 10  # rows of the grid: the first N classes
+  c.samples_per_class = 8  # columns of the grid
+  return c
+
+
+class ConfigError(ValueError):
+  """A config field with a value the program cannot run with."""
+
+
+def _check(ok: bool, field: str, value, allowed: str):
+  if not ok:
+    raise ConfigError(f'config.{field}={value!r} is not allowed: {allowed}')
+
+
+def check_field_names(names) -> None:
+  """Raises ConfigError for a name that is not a field of default_config()."""
+  known = set(default_config().keys())
+  for name in names:
+    if name not in known:
+      close = difflib.get_close_matches(name, known, n=1)
+      hint = f'did you mean {close[0]!r}?' if close else f'known fields: {", ".join(sorted(known))}'
+      raise ConfigError(f'config.{name} is not a known field; {hint}')
+
+
+def validate(config, num_devices: int) -> None:
+  """Raises ConfigError naming the first bad field and the values it allows."""
+  check_field_names(config.keys())
+  c = config
+  _check(c.image_size in ARCHITECTURES, 'image_size', c.image_size,
+         f'one of {sorted(ARCHITECTURES)} (the sizes with an architecture)')
+  allowed_attn = attention_resolutions(c.image_size)
+  _check(c.attention_resolution in (0,) + allowed_attn, 'attention_resolution',
+         c.attention_resolution, f'0 (none) or one of {list(allowed_attn)} at {c.image_size} px')
+  _check(c.attention in ATTENTION_VARIANTS, 'attention', c.attention, f'one of {ATTENTION_VARIANTS}')
+  _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')
+  _check(c.loss in LOSSES, 'loss', c.loss, f'one of {LOSSES}')
+  _check(c.ch >= 1, 'ch', c.ch, 'a positive integer')
+  if c.attention_resolution:
+    # Widths at the attention block must split into C/8 queries and keys.
+    widths = [c.ch * m for m in attention_multipliers(c.image_size, c.attention_resolution)]
+    _check(all(w % 8 == 0 for w in widths), 'ch', c.ch,
+           f'a width that makes the attention widths {widths} multiples of 8 (try a multiple of 8)')
+  for field in ('num_classes', 'z_dim', 'num_d_steps', 'sn_power_iterations', 'num_train_steps',
+                'log_every_steps', 'sample_every_steps', 'sample_classes', 'samples_per_class',
+                'shuffle_buffer'):
+    _check(c[field] >= 1, field, c[field], 'a positive integer')
+  for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps'):
+    _check(c[field] > 0, field, c[field], 'a positive number')
+  for field in ('adam_b1', 'adam_b2', 'ema_decay', 'bn_momentum'):
+    _check(0 <= c[field] < 1, field, c[field], 'a number in [0, 1)')
+  _check(c.ema_start_step >= 0, 'ema_start_step', c.ema_start_step, 'an integer >= 0')
+  _check(c.batch_size >= 1 and c.batch_size % num_devices == 0, 'batch_size', c.batch_size,
+         f'a positive multiple of the device count ({num_devices})')

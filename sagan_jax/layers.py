@@ -1,0 +1,165 @@
+"""Spectrally normalised layers, conditional batch norm and self-attention.
+
+Spectral normalisation (Miyato et al. 2018) is written here, not taken from
+`flax.linen.SpectralNorm`, for two reasons:
+- flax runs the power iteration at the default matmul precision, which is TF32
+  on recent GPUs and bf16 passes on TPU and biases sigma; here it is float32 at
+  HIGHEST precision whatever the layer's compute dtype;
+- flax runs the iteration again on every call, also when the result is thrown
+  away (sampling, the generator step's pass through D); here it runs only when
+  the state is updated.
+
+The state is one vector u per weight, shape [1, C_out], in the `spectral`
+collection. u advances (n power iterations) exactly when the caller makes that
+collection mutable: `apply(..., mutable=['spectral'])` in training, a plain
+`apply` when sampling or evaluating. sigma is then ||W u|| for the unit u in
+the state, the Rayleigh estimate of W's top singular value, so training and
+evaluation with the same weights and state see the same sigma.
+"""
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Initializer = Callable[..., jax.Array]
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _l2_normalize(x, eps):
+  return x * jax.lax.rsqrt(jnp.sum(x * x) + eps)
+
+
+def spectral_normalize(module: nn.Module, w: jax.Array, n_steps: int, eps: float) -> jax.Array:
+  """Returns w / sigma(w); keeps u in `module`'s `spectral` collection."""
+  w_mat = w.reshape(-1, w.shape[-1]).astype(jnp.float32)  # [k*k*C_in, C_out]
+  u_var = module.variable(
+      'spectral', 'u',
+      lambda: _l2_normalize(jax.random.normal(module.make_rng('params'), (1, w_mat.shape[1])), eps))
+  u = u_var.value  # [1, C_out]
+  if module.is_mutable_collection('spectral') and not module.is_initializing():
+    for _ in range(n_steps):
+      v = _l2_normalize(jnp.matmul(u, w_mat.T, precision=HIGHEST), eps)  # [1, k*k*C_in]
+      u = _l2_normalize(jnp.matmul(v, w_mat, precision=HIGHEST), eps)
+    u = jax.lax.stop_gradient(u)
+    u_var.value = u
+  # sigma = ||W u||; its gradient is v^T u, as in the paper (u, v held fixed).
+  sigma = jnp.sqrt(jnp.sum(jnp.square(jnp.matmul(u, w_mat.T, precision=HIGHEST))))
+  return w / sigma
+
+
+class SNConv(nn.Module):
+  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding."""
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  n_steps: int = 1
+  eps: float = 1e-12
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
+    kernel = spectral_normalize(self, kernel, self.n_steps, self.eps)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), 'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
+class SNDense(nn.Module):
+  """Spectrally normalised linear layer."""
+  features: int
+  use_bias: bool = True
+  n_steps: int = 1
+  eps: float = 1e-12
+  kernel_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+    kernel = spectral_normalize(self, kernel, self.n_steps, self.eps)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
+class SNEmbed(nn.Module):
+  """Spectrally normalised class embedding (the projection D's <embed(y), h>)."""
+  num_embeddings: int
+  features: int
+  n_steps: int = 1
+  eps: float = 1e-12
+  embedding_init: Initializer = nn.initializers.xavier_uniform()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, y):
+    table = self.param('embedding', self.embedding_init, (self.num_embeddings, self.features))
+    table = spectral_normalize(self, table, self.n_steps, self.eps)
+    return jnp.take(table, y, axis=0).astype(self.dtype)
+
+
+class ConditionalBatchNorm(nn.Module):
+  """Batch norm without affine terms, then a per-class gain and bias.
+
+  The gain table starts at 1 and the bias table at 0; neither is spectrally
+  normalised. Statistics are over the whole (global) batch when training.
+  """
+  num_classes: int
+  momentum: float = 0.999
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, y, train: bool):
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                     epsilon=self.epsilon, use_scale=False, use_bias=False,
+                     dtype=self.dtype)(x)
+    c = x.shape[-1]
+    gain = self.param('gain', nn.initializers.ones, (self.num_classes, c))
+    bias = self.param('bias', nn.initializers.zeros, (self.num_classes, c))
+    gain = jnp.take(gain, y, axis=0)[:, None, None, :].astype(self.dtype)  # [B, 1, 1, C]
+    bias = jnp.take(bias, y, axis=0)[:, None, None, :].astype(self.dtype)
+    return x * gain + bias
+
+
+def max_pool_2x2(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class SelfAttention(nn.Module):
+  """SAGAN self-attention block: y = x + gamma * o.
+
+  'sagan' (the authors' code, default): theta C/8 at full resolution, phi C/8
+  and g C/2 max-pooled 2x2, an output conv C/2 -> C. 'simple' (the paper's
+  text): theta C/8, phi C/8, g C, no pooling, no output conv. Both use an
+  unscaled softmax over the keys and bias-free spectrally normalised 1x1 convs.
+  """
+  conv: Callable[..., nn.Module]  # an SNConv partial
+  variant: str = 'sagan'
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    conv1x1 = lambda features, name: self.conv(features, kernel_size=1, use_bias=False, name=name)
+    theta = conv1x1(c // 8, 'theta')(x).reshape(b, h * w, c // 8)  # [B, N, C/8] queries
+    phi = conv1x1(c // 8, 'phi')(x)
+    g = conv1x1(c // 2 if self.variant == 'sagan' else c, 'g')(x)
+    if self.variant == 'sagan':
+      phi, g = max_pool_2x2(phi), max_pool_2x2(g)
+    phi = phi.reshape(b, -1, c // 8)  # [B, M, C/8] keys, M = N/4 ('sagan') or N
+    g = g.reshape(b, -1, g.shape[-1])  # [B, M, C/2 or C] values
+    logits = jnp.einsum('bnc,bmc->bnm', theta, phi).astype(jnp.float32)
+    beta = jax.nn.softmax(logits, axis=-1)  # [B, N, M] attention of each query
+    o = jnp.einsum('bnm,bmc->bnc', beta.astype(g.dtype), g).reshape(b, h, w, -1)
+    if self.variant == 'sagan':
+      o = conv1x1(c, 'o')(o)
+    gamma = self.param('gamma', nn.initializers.zeros, ())
+    return x + gamma.astype(o.dtype) * o

@@ -1,0 +1,167 @@
+"""SAGAN generator and projection discriminator (NHWC).
+
+Widths are `ch` times the multipliers in ARCHITECTURES. G starts at 4x4 and
+doubles the resolution in every block; D halves it in every block marked
+`True` and ends at 4x4 (8x8 at 32 px), as in BigGAN-PyTorch's tables.
+"""
+import functools
+from typing import Any, Callable
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from sagan_jax.layers import ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed
+
+# image size -> (G: width at 4x4 then each block's output width,
+#                D: (output width, downsample) of each block)
+ARCHITECTURES = {
+    32: ((4, 4, 4, 4), ((4, True), (4, True), (4, False), (4, False))),
+    64: ((16, 16, 8, 4, 2), ((1, True), (2, True), (4, True), (8, True), (16, False))),
+    128: ((16, 16, 8, 4, 2, 1),
+          ((1, True), (2, True), (4, True), (8, True), (16, True), (16, False))),
+    256: ((16, 16, 8, 8, 4, 2, 1),
+          ((1, True), (2, True), (4, True), (8, True), (8, True), (16, True), (16, False))),
+}
+INITIALIZERS = {'xavier': nn.initializers.xavier_uniform(), 'orthogonal': nn.initializers.orthogonal()}
+
+
+def _block_resolutions(image_size: int):
+  """(G's, D's) {output resolution: width multiplier} of the blocks after which attention can go."""
+  g_mults, d_arch = ARCHITECTURES[image_size]
+  g = {4 * 2**i: m for i, m in enumerate(g_mults) if i > 0}
+  d, res = {}, image_size
+  for mult, down in d_arch:
+    if down:
+      res //= 2
+      d[res] = mult
+  return g, d
+
+
+def attention_resolutions(image_size: int) -> tuple[int, ...]:
+  """Resolutions where both G and D have a block output to attend over."""
+  g, d = _block_resolutions(image_size)
+  return tuple(sorted(set(g) & set(d)))
+
+
+def attention_multipliers(image_size: int, resolution: int) -> tuple[int, int]:
+  """Width multipliers of (G's, D's) attention block at `resolution`."""
+  g, d = _block_resolutions(image_size)
+  return g[resolution], d[resolution]
+
+
+def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
+  return x.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def avg_pool_2x2(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class GBlock(nn.Module):
+  """CBN -> ReLU -> up -> conv3x3 -> CBN -> ReLU -> conv3x3, plus up -> conv1x1."""
+  features: int
+  conv: Callable[..., nn.Module]
+  cbn: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x, y, train: bool):
+    h = upsample_2x(nn.relu(self.cbn(name='cbn1')(x, y, train)))
+    h = self.conv(self.features, name='conv1')(h)
+    h = nn.relu(self.cbn(name='cbn2')(h, y, train))
+    h = self.conv(self.features, name='conv2')(h)
+    return h + self.conv(self.features, kernel_size=1, name='shortcut')(upsample_2x(x))
+
+
+class DBlock(nn.Module):
+  """[ReLU] -> conv3x3 -> ReLU -> conv3x3 -> [avg-pool], plus a shortcut.
+
+  The first block (`preactivation=False`) is the 'optimised' block that takes
+  the image. The 1x1 shortcut conv exists when the width changes or the block
+  down-samples; it is applied after the pooling, which is the same linear map
+  as pooling after it at a quarter of the cost.
+  """
+  features: int
+  conv: Callable[..., nn.Module]
+  downsample: bool
+  preactivation: bool
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.relu(x) if self.preactivation else x
+    h = self.conv(self.features, name='conv1')(h)
+    h = self.conv(self.features, name='conv2')(nn.relu(h))
+    shortcut = x
+    if self.downsample:
+      h, shortcut = avg_pool_2x2(h), avg_pool_2x2(shortcut)
+    if self.downsample or x.shape[-1] != self.features:
+      shortcut = self.conv(self.features, kernel_size=1, name='shortcut')(shortcut)
+    return h + shortcut
+
+
+class Generator(nn.Module):
+  """z [B, z_dim], class y [B] -> image [B, S, S, 3] in [-1, 1]."""
+  image_size: int
+  num_classes: int
+  ch: int = 64
+  attention_resolution: int = 64  # 0: no attention
+  attention: str = 'sagan'
+  initializer: str = 'xavier'
+  sn_steps: int = 1
+  sn_eps: float = 1e-12
+  bn_momentum: float = 0.999
+  bn_eps: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z, y, train: bool):
+    widths = [self.ch * m for m in ARCHITECTURES[self.image_size][0]]
+    sn = dict(n_steps=self.sn_steps, eps=self.sn_eps, dtype=self.dtype)
+    conv = functools.partial(SNConv, kernel_init=INITIALIZERS[self.initializer], **sn)
+    cbn = functools.partial(ConditionalBatchNorm, self.num_classes, self.bn_momentum,
+                            self.bn_eps, self.dtype)
+    h = SNDense(4 * 4 * widths[0], kernel_init=INITIALIZERS[self.initializer], name='linear', **sn)(z)
+    h = h.reshape(-1, 4, 4, widths[0])
+    for i, width in enumerate(widths[1:]):
+      h = GBlock(width, conv, cbn, name=f'block{i + 1}')(h, y, train)
+      if h.shape[1] == self.attention_resolution:
+        h = SelfAttention(conv, self.attention, name='attention')(h)
+    h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                     epsilon=self.bn_eps, dtype=self.dtype, name='bn')(h)
+    h = conv(3, name='conv_out')(nn.relu(h))
+    return jnp.tanh(h.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """Projection discriminator: image [B, S, S, 3], class y [B] -> logit [B]."""
+  image_size: int
+  num_classes: int
+  ch: int = 64
+  attention_resolution: int = 64  # 0: no attention
+  attention: str = 'sagan'
+  initializer: str = 'xavier'
+  sn_steps: int = 1
+  sn_eps: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, y):
+    sn = dict(n_steps=self.sn_steps, eps=self.sn_eps, dtype=self.dtype)
+    init = INITIALIZERS[self.initializer]
+    conv = functools.partial(SNConv, kernel_init=init, **sn)
+    h = x
+    for i, (mult, down) in enumerate(ARCHITECTURES[self.image_size][1]):
+      h = DBlock(self.ch * mult, conv, down, preactivation=i > 0, name=f'block{i + 1}')(h)
+      if down and h.shape[1] == self.attention_resolution:
+        h = SelfAttention(conv, self.attention, name='attention')(h)
+    h = jnp.sum(nn.relu(h), axis=(1, 2)).astype(jnp.float32)  # global sum pool, [B, C]
+    out = SNDense(1, kernel_init=init, name='linear', **sn)(h)[:, 0]
+    embed = SNEmbed(self.num_classes, h.shape[-1], embedding_init=init, name='embed', **sn)(y)
+    return (out + jnp.sum(embed * h, axis=-1)).astype(jnp.float32)
+
+
+def make_models(config) -> tuple[Generator, Discriminator]:
+  common = dict(image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
+                attention_resolution=config.attention_resolution, attention=config.attention,
+                initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
+  return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),
+          Discriminator(**common))

@@ -1,0 +1,229 @@
+"""Training state, the compiled SAGAN update (TTUR) and the training loop."""
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sagan_jax import input_pipeline, sampling
+from sagan_jax.config import validate
+from sagan_jax.losses import discriminator_loss, generator_loss
+from sagan_jax.models import make_models
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 [], completed G steps
+  rng: jax.Array  # base key; step s draws from fold_in(rng, s)
+  g_params: Any
+  g_batch_stats: Any  # moving averages of G's batch norms
+  g_spectral: Any  # spectral-norm u vectors of G
+  g_opt_state: Any
+  ema_params: Any  # exponential moving average of g_params
+  d_params: Any
+  d_spectral: Any
+  d_opt_state: Any
+
+
+# Set-up
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def make_optimizers(config):
+  """Adam for G and D at two learning rates (TTUR)."""
+  adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+  return adam(config.g_lr), adam(config.d_lr)
+
+
+def create_train_state(config, generator, discriminator, rng) -> TrainState:
+  g_tx, d_tx = make_optimizers(config)
+  rng, g_key, d_key = jax.random.split(rng, 3)
+  y = jnp.zeros((1,), jnp.int32)
+  g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim)), y, train=False)
+  d_vars = discriminator.init(d_key, jnp.zeros((1, config.image_size, config.image_size, 3)), y)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), rng=rng,
+      g_params=g_vars['params'], g_batch_stats=g_vars['batch_stats'],
+      g_spectral=g_vars['spectral'], g_opt_state=g_tx.init(g_vars['params']),
+      ema_params=jax.tree.map(jnp.copy, g_vars['params']),
+      d_params=d_vars['params'], d_spectral=d_vars['spectral'],
+      d_opt_state=d_tx.init(d_vars['params']))
+
+
+def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
+  """{'gamma/G/attention': gamma, ...} for every attention block of G and D."""
+  out = {}
+  for net, params in (('G', state.g_params), ('D', state.d_params)):
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+      if path[-1].key == 'gamma':
+        out['gamma/' + '/'.join([net] + [p.key for p in path[:-1]])] = value
+  return out
+
+
+# Update step
+
+def make_train_step(config, generator, discriminator, mesh):
+  """The pure function (state, batch) -> (state, metrics); see compile_train_step."""
+  g_tx, d_tx = make_optimizers(config)
+  per_example = NamedSharding(mesh, P('data'))
+
+  def latents(key, batch_size):
+    z_key, y_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (batch_size, config.z_dim))
+    y = jax.random.randint(y_key, (batch_size,), 0, config.num_classes)
+    # Shard fakes like the real batch: each device generates only its part.
+    return jax.lax.with_sharding_constraint((z, y), per_example)
+
+  def g_variables(state, params):
+    return {'params': params, 'batch_stats': state.g_batch_stats, 'spectral': state.g_spectral}
+
+  def d_step(state, images, labels, key):
+    """One D update on a real and a fresh fake batch; D's u advances once."""
+    z, y_fake = latents(key, images.shape[0])
+    # G uses batch statistics but updates neither its BN averages nor its u here.
+    fake, _ = generator.apply(g_variables(state, state.g_params), z, y_fake, train=True,
+                              mutable=['batch_stats'])
+    real = images.astype(jnp.float32) / 127.5 - 1.0
+    # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
+    # that each device keeps its own examples: no cross-device shuffle.
+    x = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(-1, *real.shape[1:])
+    y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
+
+    def loss_fn(d_params):
+      logits, new = discriminator.apply({'params': d_params, 'spectral': state.d_spectral}, x, y,
+                                        mutable=['spectral'])
+      d_real, d_fake = logits.reshape(-1, 2).T
+      return discriminator_loss(config.loss, d_real, d_fake), (new['spectral'], d_real, d_fake)
+
+    (loss, (spectral, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.d_params)
+    updates, opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                          d_opt_state=opt_state, d_spectral=spectral)
+    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean()}
+
+  def g_step(state, key):
+    """One G update through the (fixed) D; G's u and BN averages advance once."""
+    z, y = latents(key, config.batch_size)
+
+    def loss_fn(g_params):
+      fake, new = generator.apply(g_variables(state, g_params), z, y, train=True,
+                                  mutable=['batch_stats', 'spectral'])
+      d_fake = discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
+                                   fake, y)
+      return generator_loss(config.loss, d_fake), new
+
+    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    updates, opt_state = g_tx.update(grads, state.g_opt_state, state.g_params)
+    params = optax.apply_updates(state.g_params, updates)
+    # ema <- decay * ema + (1 - decay) * params, from ema_start_step on; a copy before.
+    averaged = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
+    use_ema = state.step >= config.ema_start_step
+    ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
+    state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
+                          g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
+    return state, {'g_loss': loss}
+
+  def train_step(state: TrainState, batch):
+    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), config.num_d_steps + 1)
+    for i in range(config.num_d_steps):
+      state, d_metrics = d_step(state, batch['image'][i], batch['label'][i], keys[i])
+    state, g_metrics = g_step(state, keys[-1])
+    metrics = {**d_metrics, **g_metrics, **attention_gammas(state)}
+    return state.replace(step=state.step + 1), metrics
+
+  train_step.d_step, train_step.g_step = d_step, g_step  # for tests of the parts
+  return train_step
+
+
+def compile_train_step(config, generator, discriminator, mesh):
+  """jit over the mesh: state replicated and donated, batch split on its B axis."""
+  replicated = NamedSharding(mesh, P())
+  batch = NamedSharding(mesh, P(None, 'data'))  # [num_d_steps, B, ...]
+  return jax.jit(make_train_step(config, generator, discriminator, mesh),
+                 in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+# Training loop
+
+def shard_batch(batch, mesh):
+  """Global jax.Arrays of the per-process numpy batches, split on the B axis."""
+  sharding = NamedSharding(mesh, P(None, 'data'))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains from scratch, logging and writing sample grids into `workdir`."""
+  validate(config, jax.device_count())
+  mesh = make_mesh()
+  generator, discriminator = make_models(config)
+  replicated = NamedSharding(mesh, P())
+  state = jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
+                  out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  train_step = compile_train_step(config, generator, discriminator, mesh)
+  data = input_pipeline.create_train_iterator(config)
+
+  is_main = jax.process_index() == 0
+  sample_dir = os.path.join(workdir, 'samples')
+  if is_main:
+    os.makedirs(sample_dir, exist_ok=True)
+  z, labels = sampling.grid_latents(config, config.seed + 1)
+  sample = jax.jit(lambda params, batch_stats, spectral: sampling.generate(
+      generator, params, batch_stats, spectral, z, labels), out_shardings=replicated)
+
+  def write_samples(state):
+    rows = min(config.sample_classes, config.num_classes)
+    for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
+      images = sampling.to_uint8(sample(params, state.g_batch_stats, state.g_spectral))
+      if is_main:
+        sampling.save_grid(images, rows, os.path.join(sample_dir, f'{int(state.step):07d}_{name}.png'))
+
+  write_samples(state)
+  metrics_file = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if is_main else None
+  images_per_step = config.batch_size * config.num_d_steps
+  last_time, last_step, start = time.time(), int(state.step), time.time()
+  logging.info('Training %d steps; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
+               config.num_train_steps, jax.device_count(), jax.process_count(),
+               sum(x.size for x in jax.tree.leaves(state.g_params)) / 1e6,
+               sum(x.size for x in jax.tree.leaves(state.d_params)) / 1e6)
+  for step in range(int(state.step), config.num_train_steps):
+    state, metrics = train_step(state, shard_batch(next(data), mesh))
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == config.num_train_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not all(np.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f'Non-finite metrics at step {done}: {metrics}')
+      now = time.time()
+      rate = (done - last_step) / (now - last_time)
+      eta = (config.num_train_steps - done) / rate
+      logging.info('step %d/%d | %s | %.2f steps/s, %.0f images/s | elapsed %s, ETA %s',
+                   done, config.num_train_steps,
+                   ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()), rate,
+                   rate * images_per_step, _format_duration(now - start), _format_duration(eta))
+      if metrics_file:
+        metrics_file.write(json.dumps({'step': done, 'steps_per_s': rate, **metrics}) + '\n')
+        metrics_file.flush()
+      last_time, last_step = time.time(), done
+    if done % config.sample_every_steps == 0 or done == config.num_train_steps:
+      write_samples(state)
+  if metrics_file:
+    metrics_file.close()
+  return state

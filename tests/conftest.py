@@ -1,0 +1,63 @@
+"""Test set-up: 8 simulated CPU devices and shared tiny models (compiled once)."""
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax
+import numpy as np
+import pytest
+
+from sagan_jax import train
+from sagan_jax.config import default_config
+from sagan_jax.models import make_models
+
+
+def tiny_config(**overrides):
+  """32 px, 8 channels, batch 8 (one example per simulated device)."""
+  c = default_config()
+  c.update(dict(image_size=32, num_classes=4, ch=2, z_dim=16, attention_resolution=16,
+                batch_size=8, num_d_steps=2, ema_decay=0.9, ema_start_step=1,
+                shuffle_buffer=64, log_every_steps=1, sample_every_steps=2,
+                sample_classes=4, samples_per_class=2, num_train_steps=3))
+  c.update(overrides)
+  return c
+
+
+class Tiny:
+  """A tiny config, its models and mesh, and the compiled train step."""
+
+  def __init__(self):
+    self.config = tiny_config()
+    self.mesh = train.make_mesh()
+    self.generator, self.discriminator = make_models(self.config)
+    self.step_fn = train.make_train_step(self.config, self.generator, self.discriminator,
+                                         self.mesh)
+    self.train_step = train.compile_train_step(self.config, self.generator,
+                                               self.discriminator, self.mesh)
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._init = jax.jit(lambda key: train.create_train_state(
+        self.config, self.generator, self.discriminator, key), out_shardings=replicated)
+
+  def new_state(self, seed=0):
+    return self._init(jax.random.PRNGKey(seed))
+
+  def batch(self, seed=0):
+    """A random uint8 batch [num_d_steps, B, 32, 32, 3] on the mesh."""
+    rng = np.random.default_rng(seed)
+    c = self.config
+    batch = {'image': rng.integers(0, 256, (c.num_d_steps, c.batch_size, 32, 32, 3), np.uint8),
+             'label': rng.integers(0, c.num_classes, (c.num_d_steps, c.batch_size), np.int32)}
+    return train.shard_batch(batch, self.mesh)
+
+
+@pytest.fixture(scope='session')
+def tiny():
+  return Tiny()
+
+
+@pytest.fixture(scope='session')
+def tfds_dir(tmp_path_factory):
+  """A TFDS data dir in which the embedded dataset gets prepared once."""
+  return str(tmp_path_factory.mktemp('tensorflow_datasets'))

@@ -1,0 +1,71 @@
+"""Configs load and validate; bad values fail at once with the field and the fix."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sagan_jax.config import ConfigError, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('name', ['imagenet128', 'cifar10', 'quickstart'])
+def test_shipped_configs_are_valid(name):
+  validate(load(name), num_devices=8)
+
+
+def test_imagenet128_is_the_papers_setup():
+  c = load('imagenet128')
+  assert (c.image_size, c.num_classes, c.ch, c.attention_resolution, c.batch_size) == (
+      128, 1000, 64, 64, 256)
+  assert (c.g_lr, c.d_lr, c.adam_b1, c.loss, c.num_d_steps) == (1e-4, 4e-4, 0.0, 'hinge', 1)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('image_size', 48, r'config.image_size=48 is not allowed: one of \[32, 64, 128, 256\]'),
+    ('attention_resolution', 64, r'config.attention_resolution=64 .* one of \[8, 16\] at 32 px'),
+    ('batch_size', 12, r'config.batch_size=12 .* multiple of the device count \(8\)'),
+    ('g_lr', 0.0, r'config.g_lr=0.0 is not allowed: a positive number'),
+    ('d_lr', -1e-4, r'config.d_lr=-0.0001 is not allowed: a positive number'),
+    ('loss', 'lsgan', r"config.loss='lsgan' .* one of \('hinge', 'non_saturating', 'wasserstein'\)"),
+    ('attention', 'flash', r"config.attention='flash' .* one of \('sagan', 'simple'\)"),
+    ('ch', 3, r'config.ch=3 .* multiples of 8'),
+    ('ema_decay', 1.0, r'config.ema_decay=1.0 .* in \[0, 1\)'),
+])
+def test_bad_values_name_the_field_and_the_allowed_values(field, value, message):
+  c = load('quickstart')
+  c[field] = value
+  with pytest.raises(ConfigError, match=message):
+    validate(c, num_devices=8)
+
+
+def test_unknown_field_is_an_error_with_a_suggestion():
+  c = load('quickstart')
+  c.unlock()
+  c.bacth_size = 64
+  with pytest.raises(ConfigError, match=r"config.bacth_size is not a known field; did you mean "
+                                        r"'batch_size'\?"):
+    validate(c, num_devices=1)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.image_size=48', 'Config error: config.image_size=48 is not allowed'),
+    ('--config.bathc_size=3', "Config error: config.bathc_size is not a known field; did you mean"),
+])
+def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override, message):
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
+       override], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'samples')  # failed before any work

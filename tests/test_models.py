@@ -1,0 +1,78 @@
+"""Generator and discriminator: shapes, variable trees, parameter counts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sagan_jax.config import default_config
+from sagan_jax.models import Discriminator, Generator, make_models
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _abstract_variables(generator, discriminator, image_size, z_dim=128):
+  y = jnp.zeros((2,), jnp.int32)
+  g = jax.eval_shape(lambda: generator.init(jax.random.PRNGKey(0), jnp.zeros((2, z_dim)), y,
+                                            train=False))
+  d = jax.eval_shape(lambda: discriminator.init(
+      jax.random.PRNGKey(0), jnp.zeros((2, image_size, image_size, 3)), y))
+  return g, d
+
+
+def test_imagenet128_parameter_counts_are_exact():
+  c = default_config()
+  c.update(dict(image_size=128, num_classes=1000, ch=64, attention_resolution=64))
+  g, d = _abstract_variables(*make_models(c), 128)
+  assert _count(g['params']) == 42_017_412
+  assert _count(d['params']) == 39_448_258
+  # Attention at 64x64: 128 channels in G, 64 in D; pooled C/8 keys, C/2 values.
+  assert g['params']['attention']['theta']['kernel'].shape == (1, 1, 128, 16)
+  assert g['params']['attention']['g']['kernel'].shape == (1, 1, 128, 64)
+  assert d['params']['attention']['o']['kernel'].shape == (1, 1, 32, 64)
+  # About 9.86M of G's parameters are class-conditional BN tables.
+  cbn = sum(_count(v) for path, v in jax.tree_util.tree_flatten_with_path(g['params'])[0]
+            if 'cbn' in jax.tree_util.keystr(path))
+  assert cbn == 9_856_000
+
+
+def test_spectral_state_covers_every_weight_but_the_bn_tables():
+  c = default_config()
+  g, d = _abstract_variables(*make_models(c), c.image_size)
+  for variables in (g, d):
+    flat = {jax.tree_util.keystr(p): x for p, x in
+            jax.tree_util.tree_flatten_with_path(variables['params'])[0]}
+    weights = {k.rsplit('[', 1)[0] for k, x in flat.items() if len(x.shape) > 1 and 'cbn' not in k}
+    u = {jax.tree_util.keystr(p).rsplit('[', 1)[0]: x for p, x in
+         jax.tree_util.tree_flatten_with_path(variables['spectral'])[0]}
+    assert weights == set(u)
+    for k, x in u.items():
+      assert x.shape == (1, [w for n, w in flat.items() if n.startswith(k)][0].shape[-1])
+  assert 'batch_stats' in g and 'batch_stats' not in d
+
+
+@pytest.mark.parametrize('image_size, attention', [(32, 16), (64, 32), (128, 8)])
+def test_output_shapes(image_size, attention):
+  g = Generator(image_size, num_classes=3, ch=8, attention_resolution=attention)
+  d = Discriminator(image_size, num_classes=3, ch=8, attention_resolution=attention)
+  z, y = jax.random.normal(jax.random.PRNGKey(0), (2, 16)), jnp.array([0, 2])
+  gv, dv = _abstract_variables(g, d, image_size, z_dim=16)
+  images = jax.eval_shape(lambda v: g.apply(v, z, y, train=False), gv)
+  assert images.shape == (2, image_size, image_size, 3)
+  assert jax.eval_shape(lambda v, x: d.apply(v, x, y), dv, images).shape == (2,)
+  assert gv['params']['attention']['theta']['kernel'].shape[2] == 8 * (
+      {32: 4, 64: 4, 128: 16}[image_size])
+
+
+def test_tiny_models_run(tiny):
+  c = tiny.config
+  state = tiny.new_state()
+  z = jax.random.normal(jax.random.PRNGKey(1), (4, c.z_dim))
+  y = jnp.arange(4) % c.num_classes
+  images = tiny.generator.apply({'params': state.g_params, 'batch_stats': state.g_batch_stats,
+                                 'spectral': state.g_spectral}, z, y, train=False)
+  assert images.shape == (4, 32, 32, 3) and float(jnp.max(jnp.abs(images))) <= 1.0
+  logits = tiny.discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
+                                    images, y)
+  assert logits.shape == (4,) and bool(jnp.all(jnp.isfinite(logits)))
