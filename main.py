@@ -11,6 +11,12 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for samples, metrics and checkpoints.')
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (auto-detects Cloud TPU pods, SLURM, ...).')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, for a multi-process run started by hand.')
+flags.DEFINE_integer('num_processes', None, 'Process count, with --coordinator_address.')
+flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -34,6 +40,10 @@ def main(argv):
   from sagan_jax import train
   from sagan_jax.config import ConfigError
 
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # progress is logged by process 0
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:

@@ -14,7 +14,7 @@ def get_config():
   c.z_dim = 64
   c.attention_resolution = 16
   c.batch_size = 32
-  c.num_train_steps = 2_000
+  c.num_train_steps = 3_000
   c.bn_momentum = 0.99  # a short run: let G's moving BN statistics keep up
   c.ema_decay = 0.999
   c.ema_start_step = 200

@@ -11,6 +11,7 @@ from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers
                               attention_resolutions)
 
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
+DTYPES = ('float32', 'bfloat16')
 ATTENTION_VARIANTS = ('sagan', 'simple')
 
 
@@ -32,6 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.sn_eps = 1e-12
   c.bn_momentum = 0.999  # moving-average decay of G's batch-norm statistics
   c.bn_eps = 1e-5
+  c.bn_per_device = False  # G's BN statistics per device (the authors' unsynchronised
+  #   GPU towers) instead of over the global batch
+  c.dtype = 'float32'  # activations and matmuls: 'float32' or 'bfloat16' (parameters,
+  #   optimiser state, spectral norm, BN statistics, softmax and losses stay float32)
   # Training
   c.loss = 'hinge'  # 'hinge', 'non_saturating' or 'wasserstein'
   c.batch_size = 256  # global batch, split over all devices
@@ -71,7 +76,7 @@ def check_field_names(names) -> None:
       raise ConfigError(f'config.{name} is not a known field; {hint}')
 
 
-def validate(config, num_devices: int) -> None:
+def validate(config, num_devices: int, num_processes: int = 1) -> None:
   """Raises ConfigError naming the first bad field and the values it allows."""
   check_field_names(config.keys())
   c = config
@@ -83,6 +88,7 @@ def validate(config, num_devices: int) -> None:
   _check(c.attention in ATTENTION_VARIANTS, 'attention', c.attention, f'one of {ATTENTION_VARIANTS}')
   _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')
   _check(c.loss in LOSSES, 'loss', c.loss, f'one of {LOSSES}')
+  _check(c.dtype in DTYPES, 'dtype', c.dtype, f'one of {DTYPES}')
   _check(c.ch >= 1, 'ch', c.ch, 'a positive integer')
   if c.attention_resolution:
     # Widths at the attention block must split into C/8 queries and keys.
@@ -100,3 +106,5 @@ def validate(config, num_devices: int) -> None:
   _check(c.ema_start_step >= 0, 'ema_start_step', c.ema_start_step, 'an integer >= 0')
   _check(c.batch_size >= 1 and c.batch_size % num_devices == 0, 'batch_size', c.batch_size,
          f'a positive multiple of the device count ({num_devices})')
+  _check(c.batch_size % num_processes == 0, 'batch_size', c.batch_size,
+         f'a multiple of the process count ({num_processes}): each process loads an equal part')

@@ -43,6 +43,8 @@ def create_train_iterator(config, split: str = 'train'):
   """An endless iterator of this process's part of each global batch."""
   builder = get_builder(config)
   per_process = config.batch_size // jax.process_count()
+  if jax.process_count() > 1:
+    split = tfds.split_for_jax_process(split)  # a disjoint part for each process
   ds = builder.as_dataset(split=split, shuffle_files=True,
                           read_config=tfds.ReadConfig(shuffle_seed=config.seed))
   ds = ds.map(lambda ex: preprocess(ex, config.image_size), num_parallel_calls=tf.data.AUTOTUNE)

@@ -153,15 +153,17 @@ class Discriminator(nn.Module):
       h = DBlock(self.ch * mult, conv, down, preactivation=i > 0, name=f'block{i + 1}')(h)
       if down and h.shape[1] == self.attention_resolution:
         h = SelfAttention(conv, self.attention, name='attention')(h)
-    h = jnp.sum(nn.relu(h), axis=(1, 2)).astype(jnp.float32)  # global sum pool, [B, C]
-    out = SNDense(1, kernel_init=init, name='linear', **sn)(h)[:, 0]
-    embed = SNEmbed(self.num_classes, h.shape[-1], embedding_init=init, name='embed', **sn)(y)
-    return (out + jnp.sum(embed * h, axis=-1)).astype(jnp.float32)
+    # The head runs in float32: a bf16 sum over H*W positions would lose precision.
+    h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))  # global sum pool, [B, C]
+    head = dict(sn, dtype=jnp.float32)
+    out = SNDense(1, kernel_init=init, name='linear', **head)(h)[:, 0]
+    embed = SNEmbed(self.num_classes, h.shape[-1], embedding_init=init, name='embed', **head)(y)
+    return out + jnp.sum(embed * h, axis=-1)
 
 
 def make_models(config) -> tuple[Generator, Discriminator]:
   common = dict(image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
-                attention_resolution=config.attention_resolution, attention=config.attention,
-                initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
+                dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
+                attention=config.attention, initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
   return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),
           Discriminator(**common))

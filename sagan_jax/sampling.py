@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -23,8 +24,8 @@ def to_uint8(images) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round((images + 1) * 127.5), 0, 255), dtype=np.uint8)
 
 
-def save_grid(images: np.ndarray, rows: int, path: str, scale: int = 2) -> None:
-  """Writes uint8 images [rows * cols, S, S, 3] as one PNG, row-major."""
+def save_grid(images: np.ndarray, rows: int, path, scale: int = 2) -> None:
+  """Writes uint8 images [rows * cols, S, S, 3] as one PNG, row-major (local or gs:// path)."""
   n, s = images.shape[0], images.shape[1]
   cols = n // rows
   pad = np.full((rows, cols, s + 2, s + 2, 3), 255, np.uint8)  # 1-px white border
@@ -33,4 +34,5 @@ def save_grid(images: np.ndarray, rows: int, path: str, scale: int = 2) -> None:
   image = Image.fromarray(grid)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-  image.save(path)
+  with epath.Path(path).open('wb') as f:
+    image.save(f, format='PNG')

@@ -1,6 +1,5 @@
 """Training state, the compiled SAGAN update (TTUR) and the training loop."""
 import json
-import os
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -35,10 +35,11 @@ class TrainState:
 
 # Set-up
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def make_optimizers(config):
@@ -74,6 +75,21 @@ def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
 
 # Update step
 
+def generator_forward(config, generator, mesh, variables, z, y, mutable):
+  """G in training mode. BN statistics are over the global batch, or with
+  `bn_per_device` over each device's part (the moving averages kept are then
+  the mean over devices)."""
+  if not config.bn_per_device:
+    return generator.apply(variables, z, y, train=True, mutable=mutable)
+
+  def local(variables, z, y):  # one device's z [B / devices, z_dim]
+    images, new = generator.apply(variables, z, y, train=True, mutable=mutable)
+    return images, dict(new, batch_stats=jax.lax.pmean(new['batch_stats'], 'data'))
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data'), P('data')),
+                       out_specs=(P('data'), P()))(variables, z, y)
+
+
 def make_train_step(config, generator, discriminator, mesh):
   """The pure function (state, batch) -> (state, metrics); see compile_train_step."""
   g_tx, d_tx = make_optimizers(config)
@@ -93,8 +109,8 @@ def make_train_step(config, generator, discriminator, mesh):
     """One D update on a real and a fresh fake batch; D's u advances once."""
     z, y_fake = latents(key, images.shape[0])
     # G uses batch statistics but updates neither its BN averages nor its u here.
-    fake, _ = generator.apply(g_variables(state, state.g_params), z, y_fake, train=True,
-                              mutable=['batch_stats'])
+    fake, _ = generator_forward(config, generator, mesh, g_variables(state, state.g_params),
+                                z, y_fake, mutable=['batch_stats'])
     real = images.astype(jnp.float32) / 127.5 - 1.0
     # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
     # that each device keeps its own examples: no cross-device shuffle.
@@ -119,8 +135,8 @@ def make_train_step(config, generator, discriminator, mesh):
     z, y = latents(key, config.batch_size)
 
     def loss_fn(g_params):
-      fake, new = generator.apply(g_variables(state, g_params), z, y, train=True,
-                                  mutable=['batch_stats', 'spectral'])
+      fake, new = generator_forward(config, generator, mesh, g_variables(state, g_params), z, y,
+                                    mutable=['batch_stats', 'spectral'])
       d_fake = discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
                                    fake, y)
       return generator_loss(config.loss, d_fake), new
@@ -172,7 +188,7 @@ def _format_duration(seconds: float) -> str:
 
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains from scratch, logging and writing sample grids into `workdir`."""
-  validate(config, jax.device_count())
+  validate(config, jax.device_count(), jax.process_count())
   mesh = make_mesh()
   generator, discriminator = make_models(config)
   replicated = NamedSharding(mesh, P())
@@ -181,10 +197,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   train_step = compile_train_step(config, generator, discriminator, mesh)
   data = input_pipeline.create_train_iterator(config)
 
-  is_main = jax.process_index() == 0
-  sample_dir = os.path.join(workdir, 'samples')
+  is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
+  sample_dir = epath.Path(workdir) / 'samples'
   if is_main:
-    os.makedirs(sample_dir, exist_ok=True)
+    sample_dir.mkdir(parents=True, exist_ok=True)
   z, labels = sampling.grid_latents(config, config.seed + 1)
   sample = jax.jit(lambda params, batch_stats, spectral: sampling.generate(
       generator, params, batch_stats, spectral, z, labels), out_shardings=replicated)
@@ -194,10 +210,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
       images = sampling.to_uint8(sample(params, state.g_batch_stats, state.g_spectral))
       if is_main:
-        sampling.save_grid(images, rows, os.path.join(sample_dir, f'{int(state.step):07d}_{name}.png'))
+        sampling.save_grid(images, rows, sample_dir / f'{int(state.step):07d}_{name}.png')
 
   write_samples(state)
-  metrics_file = open(os.path.join(workdir, 'metrics.jsonl'), 'a') if is_main else None
+  metrics_file = (epath.Path(workdir) / 'metrics.jsonl').open('a') if is_main else None
   images_per_step = config.batch_size * config.num_d_steps
   last_time, last_step, start = time.time(), int(state.step), time.time()
   logging.info('Training %d steps; %d devices, %d processes; G %.2fM, D %.2fM parameters.',

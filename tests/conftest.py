@@ -10,19 +10,8 @@ import numpy as np
 import pytest
 
 from sagan_jax import train
-from sagan_jax.config import default_config
 from sagan_jax.models import make_models
-
-
-def tiny_config(**overrides):
-  """32 px, 8 channels, batch 8 (one example per simulated device)."""
-  c = default_config()
-  c.update(dict(image_size=32, num_classes=4, ch=2, z_dim=16, attention_resolution=16,
-                batch_size=8, num_d_steps=2, ema_decay=0.9, ema_start_step=1,
-                shuffle_buffer=64, log_every_steps=1, sample_every_steps=2,
-                sample_classes=4, samples_per_class=2, num_train_steps=3))
-  c.update(overrides)
-  return c
+from tiny_config import tiny_config
 
 
 class Tiny:

@@ -2,7 +2,7 @@
 import numpy as np
 import tensorflow as tf
 
-from conftest import tiny_config
+from tiny_config import tiny_config
 from sagan_jax import input_pipeline, shapes_dataset
 
 

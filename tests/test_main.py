@@ -6,7 +6,7 @@ import sys
 
 from PIL import Image
 
-from conftest import tiny_config
+from tiny_config import tiny_config
 from sagan_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

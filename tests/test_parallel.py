@@ -1,0 +1,139 @@
+"""Data parallelism: 1 vs 8 devices, two processes, bf16."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sagan_jax import train
+from sagan_jax.config import ConfigError, validate
+from sagan_jax.models import make_models
+from tiny_config import tiny_config
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(config, mesh, generator, discriminator, batches):
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.jit(lambda key: train.create_train_state(config, generator, discriminator, key),
+                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  step = train.compile_train_step(config, generator, discriminator, mesh)
+  history = []
+  for batch in batches:
+    state, metrics = step(state, train.shard_batch(batch, mesh))
+    history.append(jax.device_get(metrics))
+  return jax.device_get(state), history
+
+
+def _batches(config, n, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.num_d_steps, config.batch_size)
+  return [{'image': rng.integers(0, 256, shape + (32, 32, 3), np.uint8),
+           'label': rng.integers(0, config.num_classes, shape, np.int32)} for _ in range(n)]
+
+
+def test_one_device_and_eight_devices_train_the_same(tiny):
+  assert len(tiny.mesh.devices.flat) == 8
+  batches = _batches(tiny.config, 3)
+  one = _run(tiny.config, train.make_mesh(jax.devices()[:1]), tiny.generator,
+             tiny.discriminator, batches)
+  eight = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+  for m1, m8 in zip(one[1], eight[1]):
+    for key in m1:
+      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  # Same parameters, up to float32 round-off in a different reduction order.
+  for net in ('g_params', 'd_params', 'ema_params', 'g_spectral', 'd_spectral', 'g_batch_stats'):
+    flat_one = jax.tree_util.tree_flatten_with_path(getattr(one[0], net))[0]
+    for (path, a), b in zip(flat_one, jax.tree.leaves(getattr(eight[0], net))):
+      name = jax.tree_util.keystr(path)
+      if net in ('g_params', 'ema_params') and name.startswith("['block") and name.endswith(
+          "['bias']"):
+        # A G block's conv bias adds a per-channel constant that the next batch
+        # norm removes: its true gradient is zero, its float gradient is
+        # round-off, and Adam (beta1 = 0) turns round-off into steps of up to
+        # lr * sqrt((1 - b2^t) / (1 - b2)). Both runs stay within that bound
+        # of the common start; nothing more can hold.
+        b2 = tiny.config.adam_b2
+        bound = sum(np.sqrt((1 - b2**t) / (1 - b2)) for t in range(1, len(batches) + 1))
+        np.testing.assert_array_less(np.abs(a - b), 2 * bound * tiny.config.g_lr * 1.01)
+        continue
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f'{net} {name}')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_keep_identical_replicated_state():
+  """2 processes x 2 CPU devices on localhost (jax.distributed, gloo), 3 real steps."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES='2', JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
+  env.pop('XLA_FLAGS', None)  # not the 8 simulated devices of this process
+  port = _free_port()
+  workers = [subprocess.Popen([sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'),
+                               str(port), str(i), '2'], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = []
+  for worker in workers:
+    out, err = worker.communicate(timeout=400)
+    assert worker.returncode == 0, err[-3000:]
+    outputs.append(json.loads(out.strip().splitlines()[-1]))
+  assert [o['devices'] for o in outputs] == [4, 4]
+  assert outputs[0]['digest'] == outputs[1]['digest']
+  assert outputs[0]['metrics'] == outputs[1]['metrics']
+  assert all(np.isfinite(v) for v in outputs[0]['metrics'].values())
+
+
+def test_bfloat16_trains_and_stays_close_to_float32(tiny):
+  config = tiny_config(dtype='bfloat16')
+  batches = _batches(config, 2, seed=5)
+  state16, history16 = _run(config, tiny.mesh, *make_models(config), batches)
+  state32, history32 = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+  for leaf in jax.tree.leaves(state16):
+    assert leaf.dtype != np.dtype('bfloat16')  # parameters and all state stay float32
+  for m16, m32 in zip(history16, history32):
+    assert all(np.isfinite(v) for v in m16.values())
+    # bf16 keeps 8 bits of mantissa (relative error ~4e-3 per rounding); through
+    # ~15 layers the logits move by about 1e-2 of their scale, so compare the
+    # losses to 5e-2 of a unit-sized quantity.
+    for key in ('d_loss', 'g_loss', 'd_real', 'd_fake'):
+      np.testing.assert_allclose(m16[key], m32[key], rtol=5e-2, atol=5e-2, err_msg=key)
+
+
+def test_batch_must_divide_over_devices_and_processes():
+  with pytest.raises(ConfigError, match=r'config.batch_size=12 .* device count \(8\)'):
+    validate(tiny_config(batch_size=12), num_devices=8)
+  with pytest.raises(ConfigError, match=r'config.batch_size=6 .* process count \(4\)'):
+    validate(tiny_config(batch_size=6), num_devices=2, num_processes=4)
+
+
+def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
+  config = tiny_config(bn_per_device=True)
+  state = tiny.new_state()
+  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats,
+               'spectral': state.g_spectral}
+  z = jax.random.normal(jax.random.PRNGKey(3), (8, config.z_dim))
+  y = np.arange(8, dtype=np.int32) % config.num_classes
+  forward = jax.jit(lambda v, z, y: train.generator_forward(
+      config, tiny.generator, tiny.mesh, v, z, y, mutable=['batch_stats']))
+  images, new = forward(variables, z, y)
+  # Reference: each device's part (one example) through G on its own.
+  alone = jax.jit(lambda v, z, y: tiny.generator.apply(v, z, y, train=True,
+                                                       mutable=['batch_stats']))
+  parts = [alone(variables, z[i:i + 1], y[i:i + 1]) for i in range(8)]
+  np.testing.assert_allclose(images, np.concatenate([p[0] for p in parts]), rtol=1e-4, atol=1e-5)
+  mean_stats = jax.tree.map(lambda *xs: np.mean(xs, axis=0), *[p[1]['batch_stats'] for p in parts])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(new['batch_stats']), mean_stats)
+  global_images, _ = alone(variables, z, y)  # global statistics give other images
+  assert np.abs(np.asarray(global_images) - np.asarray(images)).max() > 1e-2
+  # And the whole step trains with it.
+  step = train.compile_train_step(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  _, metrics = step(state, tiny.batch())
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
