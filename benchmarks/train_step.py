@@ -2,6 +2,7 @@
 
   python benchmarks/train_step.py --config=configs/quickstart.py --out=/tmp/bench.json
   python benchmarks/train_step.py --config=configs/imagenet128.py --config.dtype=bfloat16
+  python benchmarks/train_step.py --config=configs/quickstart.py --profile_dir=/tmp/trace
 
 Reports the median step time after warm-up (device-synchronised), images/s (real
 images through D per second), FLOPs per step from XLA's cost analysis (per
@@ -34,6 +35,7 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 flags.DEFINE_integer('steps', 20, 'Timed steps (the median is reported).')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 flags.DEFINE_string('out', None, 'Write the results to this JSON file too.')
+flags.DEFINE_string('profile_dir', None, 'Also write a jax.profiler trace of 3 steps here.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -82,6 +84,11 @@ def main(argv):
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
+  if FLAGS.profile_dir:
+    with jax.profiler.trace(FLAGS.profile_dir):
+      for _ in range(3):
+        state, metrics = step(state, batch)
+      jax.block_until_ready((state, metrics))
 
   device = jax.devices()[0]
   on_cpu = device.platform == 'cpu'

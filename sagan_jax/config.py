@@ -5,6 +5,7 @@ Config files in configs/ start from `default_config()` and override fields;
 """
 import difflib
 
+import jax
 import ml_collections
 
 from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers,
@@ -13,6 +14,7 @@ from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_VARIANTS = ('sagan', 'simple')
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -28,6 +30,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.z_dim = 128
   c.attention_resolution = 16  # where G and D attend (0: nowhere)
   c.attention = 'sagan'  # 'sagan': authors' code (pooled keys/values); 'simple': paper text
+  c.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on GPU with bf16, else XLA),
+  #   'xla' or 'cudnn'
   c.init = 'xavier'  # 'xavier' (authors' code) or 'orthogonal' (BigGAN)
   c.sn_power_iterations = 1  # power iterations per update of spectral norm's u
   c.sn_eps = 1e-12
@@ -86,6 +90,12 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.attention_resolution in (0,) + allowed_attn, 'attention_resolution',
          c.attention_resolution, f'0 (none) or one of {list(allowed_attn)} at {c.image_size} px')
   _check(c.attention in ATTENTION_VARIANTS, 'attention', c.attention, f'one of {ATTENTION_VARIANTS}')
+  _check(c.attention_impl in ATTENTION_IMPLS, 'attention_impl', c.attention_impl,
+         f'one of {ATTENTION_IMPLS}')
+  if c.attention_impl == 'cudnn':
+    _check(jax.default_backend() == 'gpu' and c.dtype == 'bfloat16', 'attention_impl',
+           c.attention_impl, "'auto' or 'xla': cuDNN attention needs an NVIDIA GPU and "
+           "dtype='bfloat16'")
   _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')
   _check(c.loss in LOSSES, 'loss', c.loss, f'one of {LOSSES}')
   _check(c.dtype in DTYPES, 'dtype', c.dtype, f'one of {DTYPES}')

@@ -48,46 +48,46 @@ def spectral_normalize(module: nn.Module, w: jax.Array, n_steps: int, eps: float
   return w / sigma
 
 
-class SNConv(nn.Module):
-  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding."""
+class _SNLayer(nn.Module):
+  """Fields and helpers shared by SNConv and SNDense."""
   features: int
-  kernel_size: int = 3
   use_bias: bool = True
   n_steps: int = 1
   eps: float = 1e-12
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   dtype: Any = jnp.float32
+
+  def kernel(self, shape):
+    """The spectrally normalised kernel, in the compute dtype."""
+    w = spectral_normalize(self, self.param('kernel', self.kernel_init, shape), self.n_steps,
+                           self.eps)
+    return w.astype(self.dtype)
+
+  def add_bias(self, y):
+    if not self.use_bias:
+      return y
+    return y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+
+
+class SNConv(_SNLayer):
+  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding."""
+  kernel_size: int = 3
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features))
-    kernel = spectral_normalize(self, kernel, self.n_steps, self.eps)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (1, 1), 'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
-    return y
+    kernel = self.kernel((k, k, x.shape[-1], self.features))
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return self.add_bias(y)
 
 
-class SNDense(nn.Module):
+class SNDense(_SNLayer):
   """Spectrally normalised linear layer."""
-  features: int
-  use_bias: bool = True
-  n_steps: int = 1
-  eps: float = 1e-12
-  kernel_init: Initializer = nn.initializers.xavier_uniform()
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
-    kernel = spectral_normalize(self, kernel, self.n_steps, self.eps)
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
-    return y
+    return self.add_bias(jnp.dot(x.astype(self.dtype), self.kernel((x.shape[-1], self.features))))
 
 
 class SNEmbed(nn.Module):
@@ -134,6 +134,30 @@ def max_pool_2x2(x):
   return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
+def attention(theta, phi, g, implementation: str = 'xla'):
+  """softmax(theta phi^T) g, the softmax over keys, unscaled, in float32.
+
+  theta [B, N, d] queries, phi [B, M, d] keys, g [B, M, v] values -> [B, N, v].
+  'xla': two einsums; 'cudnn': cuDNN flash attention (NVIDIA GPU, bf16).
+  """
+  if implementation == 'xla':
+    logits = jnp.einsum('bnd,bmd->bnm', theta, phi, preferred_element_type=jnp.float32)
+    beta = jax.nn.softmax(logits, axis=-1)  # [B, N, M]: where each query looks
+    return jnp.einsum('bnm,bmv->bnv', beta.astype(g.dtype), g)
+  return padded_dot_product_attention(theta, phi, g, implementation)
+
+
+def padded_dot_product_attention(theta, phi, g, implementation: str):
+  """`jax.nn.dot_product_attention` with one head. It wants one width for
+  queries, keys and values, so theta and phi are zero-padded to g's width: the
+  logits do not change, and scale=1.0 keeps them unscaled."""
+  width = g.shape[-1]
+  pad = lambda t: jnp.pad(t, ((0, 0), (0, 0), (0, width - t.shape[-1])))[:, :, None, :]
+  out = jax.nn.dot_product_attention(pad(theta), pad(phi), g[:, :, None, :], scale=1.0,
+                                     implementation=implementation)
+  return out[:, :, 0, :]
+
+
 class SelfAttention(nn.Module):
   """SAGAN self-attention block: y = x + gamma * o.
 
@@ -144,6 +168,7 @@ class SelfAttention(nn.Module):
   """
   conv: Callable[..., nn.Module]  # an SNConv partial
   variant: str = 'sagan'
+  implementation: str = 'xla'  # of `attention`: 'xla' or 'cudnn'
 
   @nn.compact
   def __call__(self, x):
@@ -156,9 +181,7 @@ class SelfAttention(nn.Module):
       phi, g = max_pool_2x2(phi), max_pool_2x2(g)
     phi = phi.reshape(b, -1, c // 8)  # [B, M, C/8] keys, M = N/4 ('sagan') or N
     g = g.reshape(b, -1, g.shape[-1])  # [B, M, C/2 or C] values
-    logits = jnp.einsum('bnc,bmc->bnm', theta, phi).astype(jnp.float32)
-    beta = jax.nn.softmax(logits, axis=-1)  # [B, N, M] attention of each query
-    o = jnp.einsum('bnm,bmc->bnc', beta.astype(g.dtype), g).reshape(b, h, w, -1)
+    o = attention(theta, phi, g, self.implementation).reshape(b, h, w, -1)
     if self.variant == 'sagan':
       o = conv1x1(c, 'o')(o)
     gamma = self.param('gamma', nn.initializers.zeros, ())

@@ -7,6 +7,7 @@ doubles the resolution in every block; D halves it in every block marked
 import functools
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -98,19 +99,24 @@ class DBlock(nn.Module):
     return h + shortcut
 
 
-class Generator(nn.Module):
-  """z [B, z_dim], class y [B] -> image [B, S, S, 3] in [-1, 1]."""
+class _Network(nn.Module):
+  """Fields shared by G and D."""
   image_size: int
   num_classes: int
   ch: int = 64
   attention_resolution: int = 64  # 0: no attention
   attention: str = 'sagan'
+  attention_impl: str = 'xla'  # 'xla' or 'cudnn'
   initializer: str = 'xavier'
   sn_steps: int = 1
   sn_eps: float = 1e-12
+  dtype: Any = jnp.float32
+
+
+class Generator(_Network):
+  """z [B, z_dim], class y [B] -> image [B, S, S, 3] in [-1, 1]."""
   bn_momentum: float = 0.999
   bn_eps: float = 1e-5
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z, y, train: bool):
@@ -124,24 +130,15 @@ class Generator(nn.Module):
     for i, width in enumerate(widths[1:]):
       h = GBlock(width, conv, cbn, name=f'block{i + 1}')(h, y, train)
       if h.shape[1] == self.attention_resolution:
-        h = SelfAttention(conv, self.attention, name='attention')(h)
+        h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
     h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_eps, dtype=self.dtype, name='bn')(h)
     h = conv(3, name='conv_out')(nn.relu(h))
     return jnp.tanh(h.astype(jnp.float32))
 
 
-class Discriminator(nn.Module):
+class Discriminator(_Network):
   """Projection discriminator: image [B, S, S, 3], class y [B] -> logit [B]."""
-  image_size: int
-  num_classes: int
-  ch: int = 64
-  attention_resolution: int = 64  # 0: no attention
-  attention: str = 'sagan'
-  initializer: str = 'xavier'
-  sn_steps: int = 1
-  sn_eps: float = 1e-12
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, y):
@@ -152,7 +149,7 @@ class Discriminator(nn.Module):
     for i, (mult, down) in enumerate(ARCHITECTURES[self.image_size][1]):
       h = DBlock(self.ch * mult, conv, down, preactivation=i > 0, name=f'block{i + 1}')(h)
       if down and h.shape[1] == self.attention_resolution:
-        h = SelfAttention(conv, self.attention, name='attention')(h)
+        h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
     # The head runs in float32: a bf16 sum over H*W positions would lose precision.
     h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))  # global sum pool, [B, C]
     head = dict(sn, dtype=jnp.float32)
@@ -161,8 +158,18 @@ class Discriminator(nn.Module):
     return out + jnp.sum(embed * h, axis=-1)
 
 
+def attention_implementation(config, backend: str) -> str:
+  """'cudnn' (flash attention) where it runs: a GPU, bf16, values <= 128 wide; else 'xla'."""
+  if config.attention_impl != 'auto' or not config.attention_resolution:
+    return config.attention_impl if config.attention_impl != 'auto' else 'xla'
+  widest = max(attention_multipliers(config.image_size, config.attention_resolution)) * config.ch
+  value_width = widest // 2 if config.attention == 'sagan' else widest
+  fits = backend == 'gpu' and config.dtype == 'bfloat16' and value_width <= 128
+  return 'cudnn' if fits else 'xla'
+
+
 def make_models(config) -> tuple[Generator, Discriminator]:
-  common = dict(image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
+  common = dict(attention_impl=attention_implementation(config, jax.default_backend()),image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
                 attention=config.attention, initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
   return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from sagan_jax.config import ConfigError, validate
+from sagan_jax.models import attention_implementation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +41,7 @@ def test_imagenet128_is_the_papers_setup():
     ('attention', 'flash', r"config.attention='flash' .* one of \('sagan', 'simple'\)"),
     ('ch', 3, r'config.ch=3 .* multiples of 8'),
     ('ema_decay', 1.0, r'config.ema_decay=1.0 .* in \[0, 1\)'),
+    ('attention_impl', 'cudnn', r"config.attention_impl='cudnn' .* needs an NVIDIA GPU"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, message):
   c = load('quickstart')
@@ -69,3 +71,15 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'samples')  # failed before any work
+
+
+def test_auto_attention_picks_cudnn_only_on_gpu_with_bf16():
+  c = load('imagenet128')
+  assert attention_implementation(c, 'gpu') == 'xla'  # float32
+  c.dtype = 'bfloat16'
+  assert attention_implementation(c, 'gpu') == 'cudnn'
+  assert attention_implementation(c, 'tpu') == 'xla'
+  c.ch = 256  # G's attention values 512 wide: too wide for cuDNN
+  assert attention_implementation(c, 'gpu') == 'xla'
+  c.ch, c.attention = 64, 'simple'  # values C = 128 wide: fits
+  assert attention_implementation(c, 'gpu') == 'cudnn'

@@ -4,9 +4,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
-from sagan_jax.layers import SelfAttention, SNConv, SNDense, spectral_normalize
+from sagan_jax.layers import (SelfAttention, SNConv, SNDense, attention,
+                              padded_dot_product_attention, spectral_normalize)
 
 
 class Normalized(nn.Module):
@@ -119,3 +121,27 @@ def test_attention_is_identity_at_gamma_zero():
   variables = block.init(jax.random.PRNGKey(7), x)
   assert float(variables['params']['gamma']) == 0.0
   np.testing.assert_array_equal(block.apply(variables, x), x)
+
+
+def test_padded_dot_product_attention_matches_plain_attention():
+  """The cuDNN path's padding and scale, run here on jax's XLA implementation."""
+  keys = jax.random.split(jax.random.PRNGKey(10), 3)
+  theta = jax.random.normal(keys[0], (2, 64, 4))  # [B, N, C/8]
+  phi = jax.random.normal(keys[1], (2, 16, 4))  # [B, N/4, C/8]
+  g = jax.random.normal(keys[2], (2, 16, 16))  # [B, N/4, C/2]
+  np.testing.assert_allclose(padded_dot_product_attention(theta, phi, g, 'xla'),
+                             attention(theta, phi, g, 'xla'), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN attention needs an NVIDIA GPU')
+def test_cudnn_and_xla_attention_agree():
+  x = jax.random.normal(jax.random.PRNGKey(8), (4, 32, 32, 128), jnp.bfloat16)
+  conv = functools.partial(SNConv, kernel_init=nn.initializers.normal(0.3), dtype=jnp.bfloat16)
+  xla, cudnn = SelfAttention(conv, 'sagan', 'xla'), SelfAttention(conv, 'sagan', 'cudnn')
+  variables = xla.init(jax.random.PRNGKey(9), x)
+  variables = {**variables, 'params': {**variables['params'], 'gamma': jnp.array(0.7)}}
+  out = lambda block: jax.jit(lambda v: block.apply(v, x).astype(jnp.float32))(variables)
+  np.testing.assert_allclose(out(cudnn), out(xla), rtol=2e-2, atol=2e-2)  # bf16 round-off
+  grad = lambda block: jax.jit(jax.grad(lambda v: block.apply(v, x).astype(jnp.float32).sum()))(
+      variables)['params']['theta']['kernel']
+  np.testing.assert_allclose(grad(cudnn), grad(xla), rtol=5e-2, atol=5e-2)
