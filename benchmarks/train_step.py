@@ -36,11 +36,12 @@ flags.DEFINE_integer('steps', 20, 'Timed steps (the median is reported).')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 flags.DEFINE_string('out', None, 'Write the results to this JSON file too.')
 flags.DEFINE_string('profile_dir', None, 'Also write a jax.profiler trace of 3 steps here.')
+flags.DEFINE_bool('compile_only', False, 'Only compile and report FLOPs per step (no timing).')
 flags.mark_flags_as_required(['config'])
 
 
 def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
-  """FLOP/s of an n x n matmul on the first device, median of `repeats`."""
+  """FLOP/s of an n x n matmul on the first device: the fastest of `repeats`."""
   a = jnp.ones((n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -49,7 +50,7 @@ def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
     t = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)
-  return 2 * n**3 / float(np.median(times))
+  return 2 * n**3 / min(times)
 
 
 def main(argv):
@@ -73,6 +74,13 @@ def main(argv):
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
+  if FLAGS.compile_only:
+    print(json.dumps({'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+                      'compile_s': round(compile_s, 1),
+                      'gflop_per_step_per_device': round(flops / 1e9, 2),
+                      'gflop_per_image': round(flops * jax.device_count() / 1e9 / (
+                          config.batch_size * config.num_d_steps), 2)}, indent=1))
+    return
 
   for _ in range(FLAGS.warmup):
     state, metrics = step(state, batch)
@@ -92,7 +100,9 @@ def main(argv):
 
   device = jax.devices()[0]
   on_cpu = device.platform == 'cpu'
-  peak = matmul_peak(jnp.dtype(config.dtype), 1024 if on_cpu else 8192)
+  n = 2048 if on_cpu else 8192
+  peaks = {dtype: matmul_peak(jnp.dtype(dtype), n) for dtype in ('float32', 'bfloat16')}
+  peak = peaks[config.dtype]  # MFU is against the peak of the dtype the step computes in
   memory = (device.memory_stats() or {}).get('peak_bytes_in_use')
   result = {
       'date': datetime.date.today().isoformat(),
@@ -106,7 +116,7 @@ def main(argv):
       'images_per_s': round(config.batch_size * config.num_d_steps / step_s, 1),
       'gflop_per_step_per_device': round(flops / 1e9, 2),
       'achieved_tflop_s_per_device': round(flops / step_s / 1e12, 4),
-      'matmul_peak_tflop_s': round(peak / 1e12, 4),
+      'matmul_peak_tflop_s': {k: round(v / 1e12, 4) for k, v in peaks.items()},
       'mfu': round(flops / step_s / peak, 4),
       'peak_memory_gib': None if memory is None else round(memory / 2**30, 2),
   }

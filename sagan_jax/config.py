@@ -5,11 +5,10 @@ Config files in configs/ start from `default_config()` and override fields;
 """
 import difflib
 
-import jax
 import ml_collections
 
 from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers,
-                              attention_resolutions)
+                              attention_resolutions, on_nvidia_gpu)
 
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
 DTYPES = ('float32', 'bfloat16')
@@ -93,7 +92,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.attention_impl in ATTENTION_IMPLS, 'attention_impl', c.attention_impl,
          f'one of {ATTENTION_IMPLS}')
   if c.attention_impl == 'cudnn':
-    _check(jax.default_backend() == 'gpu' and c.dtype == 'bfloat16', 'attention_impl',
+    _check(on_nvidia_gpu() and c.dtype == 'bfloat16', 'attention_impl',
            c.attention_impl, "'auto' or 'xla': cuDNN attention needs an NVIDIA GPU and "
            "dtype='bfloat16'")
   _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')

@@ -158,18 +158,26 @@ class Discriminator(_Network):
     return out + jnp.sum(embed * h, axis=-1)
 
 
-def attention_implementation(config, backend: str) -> str:
-  """'cudnn' (flash attention) where it runs: a GPU, bf16, values <= 128 wide; else 'xla'."""
-  if config.attention_impl != 'auto' or not config.attention_resolution:
-    return config.attention_impl if config.attention_impl != 'auto' else 'xla'
-  widest = max(attention_multipliers(config.image_size, config.attention_resolution)) * config.ch
-  value_width = widest // 2 if config.attention == 'sagan' else widest
-  fits = backend == 'gpu' and config.dtype == 'bfloat16' and value_width <= 128
-  return 'cudnn' if fits else 'xla'
+def on_nvidia_gpu() -> bool:
+  return jax.default_backend() == 'gpu' and jax.devices()[0].device_kind.startswith('NVIDIA')
+
+
+def attention_implementation(config, nvidia_gpu: bool) -> str:
+  """The attention path for `config.attention_impl`, resolving 'auto': cuDNN
+  where its flash kernel runs on every GPU generation (an NVIDIA GPU, bf16,
+  values at most 128 wide and a multiple of 8), else XLA."""
+  if config.attention_impl != 'auto':
+    return config.attention_impl
+  if not config.attention_resolution:
+    return 'xla'
+  widths = attention_multipliers(config.image_size, config.attention_resolution)
+  values = [m * config.ch // (2 if config.attention == 'sagan' else 1) for m in widths]
+  fits = all(v <= 128 and v % 8 == 0 for v in values)
+  return 'cudnn' if nvidia_gpu and config.dtype == 'bfloat16' and fits else 'xla'
 
 
 def make_models(config) -> tuple[Generator, Discriminator]:
-  common = dict(attention_impl=attention_implementation(config, jax.default_backend()),image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
+  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu()),image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
                 attention=config.attention, initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
   return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),

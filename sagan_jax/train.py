@@ -205,23 +205,26 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   sample = jax.jit(lambda params, batch_stats, spectral: sampling.generate(
       generator, params, batch_stats, spectral, z, labels), out_shardings=replicated)
 
-  def write_samples(state):
+  def write_samples(state, step: int):
     rows = min(config.sample_classes, config.num_classes)
     for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
       images = sampling.to_uint8(sample(params, state.g_batch_stats, state.g_spectral))
       if is_main:
-        sampling.save_grid(images, rows, sample_dir / f'{int(state.step):07d}_{name}.png')
+        sampling.save_grid(images, rows, sample_dir / f'{step:07d}_{name}.png')
 
-  write_samples(state)
+  first_step = int(state.step)
+  write_samples(state, first_step)
   metrics_file = (epath.Path(workdir) / 'metrics.jsonl').open('a') if is_main else None
   images_per_step = config.batch_size * config.num_d_steps
-  last_time, last_step, start = time.time(), int(state.step), time.time()
+  last_time, last_step, start = time.time(), first_step, time.time()
   logging.info('Training %d steps; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
                config.num_train_steps, jax.device_count(), jax.process_count(),
                sum(x.size for x in jax.tree.leaves(state.g_params)) / 1e6,
                sum(x.size for x in jax.tree.leaves(state.d_params)) / 1e6)
-  for step in range(int(state.step), config.num_train_steps):
-    state, metrics = train_step(state, shard_batch(next(data), mesh))
+  for step in range(first_step, config.num_train_steps):
+    batch = shard_batch(next(data), mesh)
+    with jax.transfer_guard('disallow'):  # no hidden host<->device copies in the step
+      state, metrics = train_step(state, batch)
     done = step + 1
     if done % config.log_every_steps == 0 or done == config.num_train_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -239,7 +242,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         metrics_file.flush()
       last_time, last_step = time.time(), done
     if done % config.sample_every_steps == 0 or done == config.num_train_steps:
-      write_samples(state)
+      write_samples(state, done)
   if metrics_file:
     metrics_file.close()
   return state

@@ -73,13 +73,15 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override
   assert not os.path.exists(tmp_path / 'samples')  # failed before any work
 
 
-def test_auto_attention_picks_cudnn_only_on_gpu_with_bf16():
+def test_auto_attention_picks_cudnn_only_where_it_runs():
   c = load('imagenet128')
-  assert attention_implementation(c, 'gpu') == 'xla'  # float32
+  assert attention_implementation(c, nvidia_gpu=True) == 'xla'  # float32
   c.dtype = 'bfloat16'
-  assert attention_implementation(c, 'gpu') == 'cudnn'
-  assert attention_implementation(c, 'tpu') == 'xla'
-  c.ch = 256  # G's attention values 512 wide: too wide for cuDNN
-  assert attention_implementation(c, 'gpu') == 'xla'
-  c.ch, c.attention = 64, 'simple'  # values C = 128 wide: fits
-  assert attention_implementation(c, 'gpu') == 'cudnn'
+  assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'  # values 64 (G), 32 (D) wide
+  assert attention_implementation(c, nvidia_gpu=False) == 'xla'
+  c.ch = 256  # G's values 512 wide: too wide for cuDNN before Hopper
+  assert attention_implementation(c, nvidia_gpu=True) == 'xla'
+  c.ch = 60  # values 120 and 60 wide: not multiples of 8
+  assert attention_implementation(c, nvidia_gpu=True) == 'xla'
+  c.ch, c.attention = 64, 'simple'  # values C = 128 and 64 wide: fit
+  assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'
