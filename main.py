@@ -39,6 +39,7 @@ def main(argv):
   import jax
   from sagan_jax import train
   from sagan_jax.config import ConfigError
+  from sagan_jax.input_pipeline import DataError
 
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -50,6 +51,8 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
+  except DataError as e:
+    sys.exit(f'Data error: {e}')
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.image_size = 32  # one of ARCHITECTURES: 32, 64, 128, 256
   c.num_classes = 10
   c.shuffle_buffer = 10_000  # examples in tf.data's shuffle buffer
+  c.random_flip = False  # random horizontal flips (the paper uses none)
   # Model
   c.ch = 64  # base width; block widths are multiples of it
   c.z_dim = 128

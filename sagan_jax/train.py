@@ -189,13 +189,13 @@ def _format_duration(seconds: float) -> str:
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains from scratch, logging and writing sample grids into `workdir`."""
   validate(config, jax.device_count(), jax.process_count())
+  data = input_pipeline.create_train_iterator(config)  # a missing dataset fails here, early
   mesh = make_mesh()
   generator, discriminator = make_models(config)
   replicated = NamedSharding(mesh, P())
   state = jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
                   out_shardings=replicated)(jax.random.PRNGKey(config.seed))
   train_step = compile_train_step(config, generator, discriminator, mesh)
-  data = input_pipeline.create_train_iterator(config)
 
   is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
   sample_dir = epath.Path(workdir) / 'samples'
