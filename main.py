@@ -34,8 +34,6 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  import tensorflow as tf
-  tf.config.experimental.set_visible_devices([], 'GPU')  # the GPU is JAX's
   import jax
   from sagan_jax import train
   from sagan_jax.config import ConfigError

@@ -21,6 +21,11 @@ import tensorflow_datasets as tfds
 from sagan_jax import resized_dataset
 from sagan_jax import shapes_dataset  # registers the embedded TFDS builder
 
+try:  # TensorFlow only reads data: the accelerators are JAX's
+  tf.config.experimental.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF was initialised already by the importer, who chose
+  pass
+
 EMBEDDED = shapes_dataset.SaganShapes.name  # 'sagan_shapes'
 MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
 

@@ -21,8 +21,6 @@ flags.mark_flags_as_required(['dataset', 'image_size'])
 
 def main(argv):
   del argv
-  import tensorflow as tf
-  tf.config.experimental.set_visible_devices([], 'GPU')
   from sagan_jax import input_pipeline, resized_dataset  # input_pipeline registers sagan_shapes
   del input_pipeline
   builder = resized_dataset.builder(FLAGS.dataset, FLAGS.image_size, FLAGS.data_dir)

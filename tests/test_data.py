@@ -1,8 +1,6 @@
 """The embedded TFDS dataset and the input pipeline."""
-import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sagan_jax import input_pipeline, shapes_dataset, train
+from processes import run_workers
 from tiny_config import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,21 +158,7 @@ def test_missing_datasets_fail_at_once_with_the_fix(tmp_path):
 def test_two_processes_read_disjoint_parts_that_cover_the_split(tfds_dir):
   input_pipeline.get_builder(tiny_config(dataset='sagan_shapes', data_dir=tfds_dir,
                                          num_classes=10))  # prepared once, here
-  tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES='1', JAX_PLATFORMS='cpu',
-             PYTHONPATH=os.pathsep.join([ROOT, tests]))
-  env.pop('XLA_FLAGS', None)
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  workers = [subprocess.Popen([sys.executable, os.path.join(tests, 'data_worker.py'), str(port),
-                               str(i), '2', tfds_dir], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = []
-  for worker in workers:
-    out, err = worker.communicate(timeout=300)
-    assert worker.returncode == 0, err[-3000:]
-    outputs.append(json.loads(out.strip().splitlines()[-1]))
+  outputs = run_workers('data_worker.py', 2, 1, tfds_dir)
   first, second = (set(o['ids']) for o in outputs)
   assert len(first) == len(second) == 500
   assert not first & second

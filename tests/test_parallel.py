@@ -1,10 +1,4 @@
 """Data parallelism: 1 vs 8 devices, two processes, bf16."""
-import json
-import os
-import socket
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -12,9 +6,8 @@ import pytest
 from sagan_jax import train
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.models import make_models
+from processes import run_workers
 from tiny_config import tiny_config
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _run(config, mesh, generator, discriminator, batches):
@@ -64,26 +57,9 @@ def test_one_device_and_eight_devices_train_the_same(tiny):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f'{net} {name}')
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_keep_identical_replicated_state():
   """2 processes x 2 CPU devices on localhost (jax.distributed, gloo), 3 real steps."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES='2', JAX_PLATFORMS='cpu',
-             PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
-  env.pop('XLA_FLAGS', None)  # not the 8 simulated devices of this process
-  port = _free_port()
-  workers = [subprocess.Popen([sys.executable, os.path.join(TESTS, 'multiprocess_worker.py'),
-                               str(port), str(i), '2'], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outputs = []
-  for worker in workers:
-    out, err = worker.communicate(timeout=400)
-    assert worker.returncode == 0, err[-3000:]
-    outputs.append(json.loads(out.strip().splitlines()[-1]))
+  outputs = run_workers('multiprocess_worker.py', 2, 2)
   assert [o['devices'] for o in outputs] == [4, 4]
   assert outputs[0]['digest'] == outputs[1]['digest']
   assert outputs[0]['metrics'] == outputs[1]['metrics']

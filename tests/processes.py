@@ -1,0 +1,29 @@
+"""Runs a test worker script as several jax.distributed processes on localhost."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_workers(script: str, num_processes: int, devices_per_process: int, *args) -> list[dict]:
+  """Starts `script PORT PROCESS_ID NUM_PROCESSES *args` once per process; returns
+  the JSON each printed last."""
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices_per_process), JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
+  env.pop('XLA_FLAGS', None)  # not the 8 simulated devices of the test process
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workers = [subprocess.Popen(
+      [sys.executable, os.path.join(TESTS, script), str(port), str(i), str(num_processes),
+       *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(num_processes)]
+  outputs = []
+  for worker in workers:
+    out, err = worker.communicate(timeout=400)
+    assert worker.returncode == 0, err[-3000:]
+    outputs.append(json.loads(out.strip().splitlines()[-1]))
+  return outputs
