@@ -102,7 +102,7 @@ class SaganResized(tfds.core.GeneratorBasedBuilder):
         except Exception as e:  # PIL raises many types for bad files
           skipped.append(f'{path} ({type(e).__name__})')
           continue
-        yield path, {'image': image, 'label': label}
+        yield f'{name}/{file}', {'image': image, 'label': label}  # keys: same order anywhere
     if skipped:
       logging.warning('Skipped %d unreadable files of %d in %s: %s', len(skipped), total, root,
                       '; '.join(skipped[:10]))
