@@ -59,9 +59,7 @@ def main(argv):
   validate(config, jax.device_count(), jax.process_count())
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.jit(lambda key: train.create_train_state(config, generator, discriminator, key),
-                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
   rng = np.random.default_rng(0)
   shape = (config.num_d_steps, config.batch_size // jax.process_count())
   batch = train.shard_batch(

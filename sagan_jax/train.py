@@ -63,6 +63,12 @@ def create_train_state(config, generator, discriminator, rng) -> TrainState:
       d_opt_state=d_tx.init(d_vars['params']))
 
 
+def init_train_state(config, generator, discriminator, mesh, seed: int) -> TrainState:
+  """The initial state, created directly replicated on the mesh."""
+  return jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
+                 out_shardings=NamedSharding(mesh, P()))(jax.random.PRNGKey(seed))
+
+
 def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
   """{'gamma/G/attention': gamma, ...} for every attention block of G and D."""
   out = {}
@@ -193,8 +199,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   mesh = make_mesh()
   generator, discriminator = make_models(config)
   replicated = NamedSharding(mesh, P())
-  state = jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
-                  out_shardings=replicated)(jax.random.PRNGKey(config.seed))
+  state = init_train_state(config, generator, discriminator, mesh, config.seed)
   train_step = compile_train_step(config, generator, discriminator, mesh)
 
   is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)

@@ -25,12 +25,10 @@ class Tiny:
                                          self.mesh)
     self.train_step = train.compile_train_step(self.config, self.generator,
                                                self.discriminator, self.mesh)
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    self._init = jax.jit(lambda key: train.create_train_state(
-        self.config, self.generator, self.discriminator, key), out_shardings=replicated)
 
   def new_state(self, seed=0):
-    return self._init(jax.random.PRNGKey(seed))
+    return train.init_train_state(self.config, self.generator, self.discriminator, self.mesh,
+                                  seed)
 
   def batch(self, seed=0):
     """A random uint8 batch [num_d_steps, B, 32, 32, 3] on the mesh."""

@@ -21,9 +21,7 @@ def main(port, process_id, num_processes):
   config = tiny_config()
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.jit(lambda key: train.create_train_state(config, generator, discriminator, key),
-                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
   step = train.compile_train_step(config, generator, discriminator, mesh)
   rng = np.random.default_rng(0)
   per_process = config.batch_size // num_processes

@@ -1,5 +1,4 @@
 """Configs load and validate; bad values fail at once with the field and the fix."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,24 +7,18 @@ import pytest
 
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.models import attention_implementation
+from tiny_config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 @pytest.mark.parametrize('name', ['imagenet128', 'cifar10', 'quickstart'])
 def test_shipped_configs_are_valid(name):
-  validate(load(name), num_devices=8)
+  validate(load_config(name), num_devices=8)
 
 
 def test_imagenet128_is_the_papers_setup():
-  c = load('imagenet128')
+  c = load_config('imagenet128')
   assert (c.image_size, c.num_classes, c.ch, c.attention_resolution, c.batch_size) == (
       128, 1000, 64, 64, 256)
   assert (c.g_lr, c.d_lr, c.adam_b1, c.loss, c.num_d_steps) == (1e-4, 4e-4, 0.0, 'hinge', 1)
@@ -44,14 +37,14 @@ def test_imagenet128_is_the_papers_setup():
     ('attention_impl', 'cudnn', r"config.attention_impl='cudnn' .* needs an NVIDIA GPU"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, message):
-  c = load('quickstart')
+  c = load_config('quickstart')
   c[field] = value
   with pytest.raises(ConfigError, match=message):
     validate(c, num_devices=8)
 
 
 def test_unknown_field_is_an_error_with_a_suggestion():
-  c = load('quickstart')
+  c = load_config('quickstart')
   c.unlock()
   c.bacth_size = 64
   with pytest.raises(ConfigError, match=r"config.bacth_size is not a known field; did you mean "
@@ -74,7 +67,7 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override
 
 
 def test_auto_attention_picks_cudnn_only_where_it_runs():
-  c = load('imagenet128')
+  c = load_config('imagenet128')
   assert attention_implementation(c, nvidia_gpu=True) == 'xla'  # float32
   c.dtype = 'bfloat16'
   assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'  # values 64 (G), 32 (D) wide

@@ -13,7 +13,7 @@ from PIL import Image
 
 from sagan_jax import input_pipeline, shapes_dataset, train
 from processes import run_workers
-from tiny_config import tiny_config
+from tiny_config import load_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,10 +95,10 @@ def test_random_flip_is_deterministic_and_flips(tfds_dir):
   assert all(m or s for m, s in zip(mirrored, same)) and 10 < sum(mirrored) < 54
 
 
-@pytest.mark.parametrize('name, size, classes', [('imagenet2012', 64, 1000), ('cifar10', 32, 10)])
+@pytest.mark.parametrize('name, size, classes', [('imagenet128', 128, 1000), ('cifar10', 32, 10)])
 def test_mock_tfds_datasets_assemble_global_batches_on_8_devices(tmp_path, name, size, classes):
-  config = tiny_config(dataset=name, data_dir=str(tmp_path), image_size=size,
-                       num_classes=classes, batch_size=16, shuffle_buffer=8)
+  config = load_config(name, data_dir=str(tmp_path), batch_size=16, shuffle_buffer=8,
+                       num_d_steps=2)
   mesh = train.make_mesh()
   with tfds.testing.mock_data(num_examples=40):
     batch = train.shard_batch(next(input_pipeline.create_train_iterator(config)), mesh)

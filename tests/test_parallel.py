@@ -11,9 +11,7 @@ from tiny_config import tiny_config
 
 
 def _run(config, mesh, generator, discriminator, batches):
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  state = jax.jit(lambda key: train.create_train_state(config, generator, discriminator, key),
-                  out_shardings=replicated)(jax.random.PRNGKey(0))
+  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
   step = train.compile_train_step(config, generator, discriminator, mesh)
   history = []
   for batch in batches:

@@ -1,5 +1,22 @@
-"""The tiny config every test trains (no side effects: safe to import anywhere)."""
+"""Configs for tests: the tiny one every test trains, and the shipped files.
+
+No side effects: safe to import anywhere."""
+import importlib.util
+import os
+
 from sagan_jax.config import default_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name, **overrides):
+  """get_config() of configs/NAME.py, with `overrides`."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(overrides)
+  return config
 
 
 def tiny_config(**overrides):
