@@ -17,6 +17,9 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for a multi-process run started by hand.')
 flags.DEFINE_integer('num_processes', None, 'Process count, with --coordinator_address.')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.DEFINE_bool('compilation_cache', True,
+                  'Keep compiled programs in WORKDIR/compilation_cache (unless '
+                  'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -36,9 +39,12 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   import jax
   from sagan_jax import train
+  from sagan_jax.checkpoint import CheckpointError
   from sagan_jax.config import ConfigError
   from sagan_jax.input_pipeline import DataError
 
+  if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', f'{FLAGS.workdir}/compilation_cache')
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() != 0:
@@ -51,6 +57,10 @@ def main(argv):
     sys.exit(f'Config error: {e}')
   except DataError as e:
     sys.exit(f'Data error: {e}')
+  except CheckpointError as e:
+    sys.exit(f'Checkpoint error: {e}')
+  except train.NonFiniteError as e:
+    sys.exit(f'Training stopped: {e}')
 
 
 if __name__ == '__main__':

@@ -20,4 +20,5 @@ def get_config():
   c.ema_start_step = 200
   c.log_every_steps = 50
   c.sample_every_steps = 500
+  c.checkpoint_every_steps = 1_000
   return c

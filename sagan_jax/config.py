@@ -53,6 +53,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.ema_start_step = 20_000  # before this step the EMA copies G's weights
   c.num_train_steps = 1_000_000
   c.seed = 0
+  c.max_nonfinite_steps = 10  # this many steps in a row with non-finite losses or
+  #   gradients (each skipped) stop the run; the last checkpoint before them is kept
+  # Checkpoints (workdir/checkpoints; a restart resumes from the latest)
+  c.checkpoint_every_steps = 5_000
+  c.checkpoints_to_keep = 3  # the latest N
   # Logging and samples
   c.log_every_steps = 100
   c.sample_every_steps = 5_000  # sample grid PNGs (raw and EMA G) into workdir/samples
@@ -107,7 +112,8 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
            f'a width that makes the attention widths {widths} multiples of 8 (try a multiple of 8)')
   for field in ('num_classes', 'z_dim', 'num_d_steps', 'sn_power_iterations', 'num_train_steps',
                 'log_every_steps', 'sample_every_steps', 'sample_classes', 'samples_per_class',
-                'shuffle_buffer'):
+                'shuffle_buffer', 'checkpoint_every_steps', 'checkpoints_to_keep',
+                'max_nonfinite_steps'):
     _check(c[field] >= 1, field, c[field], 'a positive integer')
   for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps'):
     _check(c[field] > 0, field, c[field], 'a positive number')

@@ -16,6 +16,7 @@ os.environ.setdefault('NO_GCE_CHECK', 'true')  # no GCE metadata probe when offl
 
 import jax
 import tensorflow as tf
+from absl import logging
 import tensorflow_datasets as tfds
 
 from sagan_jax import resized_dataset
@@ -122,9 +123,16 @@ class TrainIterator:
   def __next__(self):
     return jax.tree.map(lambda t: t.numpy(), next(self._iterator))
 
-  def save(self, path: str) -> str:
-    """Writes the position (with the shuffle buffer) under the prefix `path`."""
-    return self._checkpoint.write(path)
+  def save(self, path: str) -> str | None:
+    """Writes the position (with the shuffle buffer) under the prefix `path`.
+    None if tf.data cannot serialise this pipeline (one with Python functions
+    in it, e.g. under tfds.testing.mock_data)."""
+    try:
+      return self._checkpoint.write(path)
+    except tf.errors.FailedPreconditionError as e:
+      logging.warning('The data position cannot be saved (%s); a resumed run restarts the '
+                      'data stream.', e.message.strip().splitlines()[-1])
+      return None
 
   def restore(self, path: str) -> None:
     self._checkpoint.read(path).assert_consumed()

@@ -1,19 +1,20 @@
 """Training state, the compiled SAGAN update (TTUR) and the training loop."""
 import json
+import signal
+import threading
 import time
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import input_pipeline, sampling
+from sagan_jax import checkpoint, input_pipeline, sampling
 from sagan_jax.config import validate
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.models import make_models
@@ -31,6 +32,8 @@ class TrainState:
   d_params: Any
   d_spectral: Any
   d_opt_state: Any
+  skipped: jax.Array  # int32 [], steps skipped for non-finite losses or gradients
+  streak: jax.Array  # int32 [], consecutive skipped steps up to this one
 
 
 # Set-up
@@ -60,7 +63,8 @@ def create_train_state(config, generator, discriminator, rng) -> TrainState:
       g_spectral=g_vars['spectral'], g_opt_state=g_tx.init(g_vars['params']),
       ema_params=jax.tree.map(jnp.copy, g_vars['params']),
       d_params=d_vars['params'], d_spectral=d_vars['spectral'],
-      d_opt_state=d_tx.init(d_vars['params']))
+      d_opt_state=d_tx.init(d_vars['params']),
+      skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
 
 
 def init_train_state(config, generator, discriminator, mesh, seed: int) -> TrainState:
@@ -96,8 +100,18 @@ def generator_forward(config, generator, mesh, variables, z, y, mutable):
                        out_specs=(P('data'), P()))(variables, z, y)
 
 
+def all_finite(loss, grads) -> jax.Array:
+  return jnp.isfinite(loss) & jnp.all(jnp.stack(
+      [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+
+
 def make_train_step(config, generator, discriminator, mesh):
-  """The pure function (state, batch) -> (state, metrics); see compile_train_step."""
+  """The pure function (state, batch) -> (state, metrics); see compile_train_step.
+
+  A step whose losses or gradients are not all finite changes nothing but the
+  step and the counters `skipped` and `streak`; once `streak` reaches
+  config.max_nonfinite_steps every later step is skipped too (the loop stops
+  the run when it sees that)."""
   g_tx, d_tx = make_optimizers(config)
   per_example = NamedSharding(mesh, P('data'))
 
@@ -134,7 +148,8 @@ def make_train_step(config, generator, discriminator, mesh):
     updates, opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                           d_opt_state=opt_state, d_spectral=spectral)
-    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean()}
+    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
+                   'finite': all_finite(loss, grads)}
 
   def g_step(state, key):
     """One G update through the (fixed) D; G's u and BN averages advance once."""
@@ -156,15 +171,25 @@ def make_train_step(config, generator, discriminator, mesh):
     ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
     state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
                           g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
-    return state, {'g_loss': loss}
+    return state, {'g_loss': loss, 'finite': all_finite(loss, grads)}
 
   def train_step(state: TrainState, batch):
     keys = jax.random.split(jax.random.fold_in(state.rng, state.step), config.num_d_steps + 1)
+    new, finite = state, []
     for i in range(config.num_d_steps):
-      state, d_metrics = d_step(state, batch['image'][i], batch['label'][i], keys[i])
-    state, g_metrics = g_step(state, keys[-1])
-    metrics = {**d_metrics, **g_metrics, **attention_gammas(state)}
-    return state.replace(step=state.step + 1), metrics
+      new, d_metrics = d_step(new, batch['image'][i], batch['label'][i], keys[i])
+      finite.append(d_metrics.pop('finite'))
+    new, g_metrics = g_step(new, keys[-1])
+    finite.append(g_metrics.pop('finite'))
+    # Our own guard rather than optax.apply_if_finite: spectral, BN and EMA
+    # state must be held back too, not just the parameters. lax.cond picks
+    # whole buffers; a jnp.where per leaf cost 8% of the quickstart CPU step.
+    ok = jnp.all(jnp.stack(finite)) & (state.streak < config.max_nonfinite_steps)
+    new = jax.lax.cond(ok, lambda: new, lambda: state)
+    new = new.replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32),
+                      streak=jnp.where(ok, 0, state.streak + 1))
+    metrics = {**d_metrics, **g_metrics, **attention_gammas(new), 'skipped_steps': new.skipped}
+    return new, metrics
 
   train_step.d_step, train_step.g_step = d_step, g_step  # for tests of the parts
   return train_step
@@ -192,14 +217,76 @@ def _format_duration(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
 
 
+class NonFiniteError(RuntimeError):
+  """config.max_nonfinite_steps steps in a row had non-finite losses or gradients."""
+
+
+def check_finite(state: TrainState, config, workdir: str) -> int:
+  """The current streak of skipped steps; raises NonFiniteError once it is too long."""
+  streak = int(state.streak)
+  if streak >= config.max_nonfinite_steps:
+    step = int(state.step)
+    raise NonFiniteError(
+        f'steps {step - streak + 1} to {step} had non-finite losses or gradients '
+        f'({streak} in a row; config.max_nonfinite_steps={config.max_nonfinite_steps}) and were '
+        f'skipped. The run stops; the checkpoints in {checkpoint.checkpoint_dir(workdir)} were '
+        f'all written before step {step - streak + 1}. Resume from the latest with lower learning '
+        'rates (--config.g_lr, --config.d_lr), or look at the data')
+  return streak
+
+
+class Preemption:
+  """True once the run should save and stop: SIGTERM in a single-process run;
+  in a multi-process run, the preemption sync point that jax.distributed agrees
+  on (its notifier catches SIGTERM, e.g. a TPU VM's maintenance event), so that
+  every process saves the same step."""
+
+  def __init__(self, manager):
+    self._manager, self._signalled, self._previous = manager, False, None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM: saving a checkpoint after this step, then stopping.')
+    self._signalled = True
+
+  def __call__(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return self._manager.reached_preemption(step)
+    return self._signalled
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
-  """Trains from scratch, logging and writing sample grids into `workdir`."""
+  """Trains, resuming from the latest checkpoint in `workdir` if there is one;
+  logs, and writes sample grids and checkpoints into `workdir`."""
   validate(config, jax.device_count(), jax.process_count())
   data = input_pipeline.create_train_iterator(config)  # a missing dataset fails here, early
   mesh = make_mesh()
   generator, discriminator = make_models(config)
   replicated = NamedSharding(mesh, P())
-  state = init_train_state(config, generator, discriminator, mesh, config.seed)
+  manager = checkpoint.make_manager(workdir, config)
+  try:
+    return _train(config, workdir, data, mesh, generator, discriminator, replicated, manager)
+  finally:  # a save in flight completes, whatever stopped the loop
+    manager.wait_until_finished()
+    manager.close()
+
+
+def _train(config, workdir, data, mesh, generator, discriminator, replicated, manager):
+  abstract = jax.eval_shape(
+      lambda: create_train_state(config, generator, discriminator, jax.random.PRNGKey(0)))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                          abstract)
+  state = checkpoint.restore_for_training(manager, workdir, config, abstract, data)
+  if state is None:
+    state = init_train_state(config, generator, discriminator, mesh, config.seed)
+  else:
+    logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step),
+                 checkpoint.checkpoint_dir(workdir))
   train_step = compile_train_step(config, generator, discriminator, mesh)
 
   is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
@@ -218,36 +305,53 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         sampling.save_grid(images, rows, sample_dir / f'{step:07d}_{name}.png')
 
   first_step = int(state.step)
-  write_samples(state, first_step)
+  if first_step == 0:
+    write_samples(state, first_step)
   metrics_file = (epath.Path(workdir) / 'metrics.jsonl').open('a') if is_main else None
   images_per_step = config.batch_size * config.num_d_steps
   last_time, last_step, start = time.time(), first_step, time.time()
-  logging.info('Training %d steps; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
-               config.num_train_steps, jax.device_count(), jax.process_count(),
+  logging.info('Training steps %d to %d; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
+               first_step + 1, config.num_train_steps, jax.device_count(), jax.process_count(),
                sum(x.size for x in jax.tree.leaves(state.g_params)) / 1e6,
                sum(x.size for x in jax.tree.leaves(state.d_params)) / 1e6)
-  for step in range(first_step, config.num_train_steps):
-    batch = shard_batch(next(data), mesh)
-    with jax.transfer_guard('disallow'):  # no hidden host<->device copies in the step
-      state, metrics = train_step(state, batch)
-    done = step + 1
-    if done % config.log_every_steps == 0 or done == config.num_train_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not all(np.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f'Non-finite metrics at step {done}: {metrics}')
-      now = time.time()
-      rate = (done - last_step) / (now - last_time)
-      eta = (config.num_train_steps - done) / rate
-      logging.info('step %d/%d | %s | %.2f steps/s, %.0f images/s | elapsed %s, ETA %s',
-                   done, config.num_train_steps,
-                   ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()), rate,
-                   rate * images_per_step, _format_duration(now - start), _format_duration(eta))
-      if metrics_file:
-        metrics_file.write(json.dumps({'step': done, 'steps_per_s': rate, **metrics}) + '\n')
-        metrics_file.flush()
-      last_time, last_step = time.time(), done
-    if done % config.sample_every_steps == 0 or done == config.num_train_steps:
-      write_samples(state, done)
-  if metrics_file:
-    metrics_file.close()
+  preemption = Preemption(manager)
+  try:
+    for step in range(first_step, config.num_train_steps):
+      batch = shard_batch(next(data), mesh)
+      with jax.transfer_guard('disallow'):  # no hidden host<->device copies in the step
+        state, metrics = train_step(state, batch)
+      done = step + 1
+      last = done == config.num_train_steps
+      if done % config.log_every_steps == 0 or last:
+        check_finite(state, config, workdir)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.time()
+        rate = (done - last_step) / (now - last_time)
+        eta = (config.num_train_steps - done) / rate
+        logging.info('step %d/%d | %s | %.2f steps/s, %.0f images/s | elapsed %s, ETA %s',
+                     done, config.num_train_steps,
+                     ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()), rate,
+                     rate * images_per_step, _format_duration(now - start), _format_duration(eta))
+        if metrics_file:
+          metrics_file.write(json.dumps({'step': done, 'steps_per_s': rate, **metrics}) + '\n')
+          metrics_file.flush()
+        last_time, last_step = time.time(), done
+      if done % config.sample_every_steps == 0 or last:
+        write_samples(state, done)
+      preempted = preemption(done)
+      if done % config.checkpoint_every_steps == 0 or last or preempted:
+        # Periodic saves only from a healthy state, so that a run of skipped
+        # steps never rotates out the checkpoints from before it.
+        streak = check_finite(state, config, workdir)
+        if streak == 0 or last or preempted:
+          checkpoint.save(manager, state, data, config)
+      if preempted:
+        manager.wait_until_finished()
+        logging.warning('Preempted: saved the checkpoint of step %d; the next start resumes '
+                        'from it.', done)
+        break
+  finally:
+    preemption.close()
+    if metrics_file:
+      metrics_file.close()
   return state

@@ -1,9 +1,21 @@
 """Test set-up: 8 simulated CPU devices and shared tiny models (compiled once)."""
+import atexit
 import os
+import shutil
+import tempfile
 
+# Tests compile far more than they run: the lowest LLVM optimisation level
+# compiles about 40% faster on CPU and runs tiny models about 15% slower.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_force_host_platform_device_count=8')
+                           + ' --xla_force_host_platform_device_count=8'
+                           + ' --xla_backend_optimization_level=0')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One compilation cache for the session, inherited by the processes tests start:
+# a program compiled by one test (or process) is loaded, not compiled, by the next.
+_cache = tempfile.mkdtemp(prefix='sagan_jax_test_cache_')
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 
 import jax
 import numpy as np

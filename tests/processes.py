@@ -8,12 +8,20 @@ import sys
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+def single_device_env(**extra) -> dict:
+  """This process's environment for a child with one CPU device (or as many as
+  JAX_NUM_CPU_DEVICES says) instead of the 8 simulated ones."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]), **extra)
+  env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
+                              if not f.startswith('--xla_force_host_platform_device_count'))
+  return env
+
+
 def run_workers(script: str, num_processes: int, devices_per_process: int, *args) -> list[dict]:
   """Starts `script PORT PROCESS_ID NUM_PROCESSES *args` once per process; returns
   the JSON each printed last."""
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices_per_process), JAX_PLATFORMS='cpu',
-             PYTHONPATH=os.pathsep.join([os.path.dirname(TESTS), TESTS]))
-  env.pop('XLA_FLAGS', None)  # not the 8 simulated devices of the test process
+  env = single_device_env(JAX_NUM_CPU_DEVICES=str(devices_per_process))
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]

@@ -1,29 +1,10 @@
-"""End to end: the training loop and the README's main command."""
-import json
+"""End to end: main.py and the README's main command."""
 import os
 import subprocess
 import sys
 
-from PIL import Image
-
-from tiny_config import tiny_config
-from sagan_jax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_training_loop_logs_and_writes_sample_grids(tfds_dir, tmp_path):
-  config = tiny_config(dataset='sagan_shapes', data_dir=tfds_dir, num_classes=10,
-                       sample_classes=3, samples_per_class=5)
-  state = train.train_and_evaluate(config, str(tmp_path))
-  assert int(state.step) == 3
-  lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
-  assert [line['step'] for line in lines] == [1, 2, 3]
-  assert all(set(line) >= {'d_loss', 'g_loss', 'd_real', 'd_fake', 'steps_per_s'} for line in lines)
-  samples = sorted(os.listdir(tmp_path / 'samples'))
-  assert samples == [f'{s:07d}_{kind}.png' for s in (0, 2, 3) for kind in ('ema', 'raw')]
-  grid = Image.open(tmp_path / 'samples' / '0000003_ema.png')
-  assert grid.size == (5 * 34 * 2, 3 * 34 * 2)  # 5 columns, 3 class rows, 32 px + border, x2
 
 
 def test_readme_quickstart_command(tfds_dir, tmp_path):
@@ -52,6 +33,10 @@ with tfds.testing.mock_data(num_examples=64):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 2/2' in result.stderr
   assert os.path.exists(tmp_path / 'samples' / '0000002_ema.png')
+  # mock_data's pipeline runs Python, which tf.data cannot serialise: the
+  # checkpoint is written without a data position, and the log says so.
+  assert 'The data position cannot be saved' in result.stderr
+  assert os.path.exists(tmp_path / 'checkpoints' / '2' / 'data' / 'process_0.unsaved')
 
 
 def test_main_reports_a_missing_dataset_in_one_line(tmp_path):

@@ -28,3 +28,12 @@ def tiny_config(**overrides):
                 sample_classes=4, samples_per_class=2, num_train_steps=3))
   c.update(overrides)
   return c
+
+
+ON_SHAPES = dict(dataset='sagan_shapes', num_classes=10)  # the embedded dataset
+
+
+def get_config():
+  """For main.py in tests (--config=tests/tiny_config.py): the tiny config on the
+  embedded dataset, compiling the same programs as tiny_config(**ON_SHAPES)."""
+  return tiny_config(**ON_SHAPES)

@@ -1,0 +1,182 @@
+"""Checkpoints through Orbax: the whole training state, every process's data
+position and the config, written asynchronously; restored onto any mesh.
+
+workdir/checkpoints/<step>/ holds three items:
+  state   the TrainState (both nets, spectral and BN state, both Adam states,
+          EMA, step, RNG key, non-finite counters), replicated arrays;
+  data    one tf.data iterator position per process (data/process_<i>*);
+  meta    {'config': ..., 'num_processes': ...} as JSON.
+Orbax writes a step into a temporary directory and renames it when every item
+is complete, so a process killed mid-write leaves the earlier steps loadable.
+"""
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# Fields a run cannot change and still be the same run: they fix the shapes of
+# the state, or the data stream whose position is restored.
+FIXED_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution', 'attention',
+                'dataset', 'batch_size', 'num_d_steps', 'shuffle_buffer', 'random_flip', 'seed')
+# Fields that fix G's shapes: all a checkpoint must agree on to be sampled from.
+GENERATOR_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution',
+                    'attention')
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used as asked; the message says why and what to do."""
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / 'checkpoints'
+
+
+# The data position: tf.data saves its own iterators, one per process.
+
+class DataPositionHandler(ocp.CheckpointHandler):
+  """Saves/restores this process's TrainIterator under <item>/process_<index>."""
+
+  def _prefix(self, directory: epath.Path) -> str:
+    return os.fspath(directory / f'process_{jax.process_index()}')
+
+  def save(self, directory: epath.Path, args: 'DataPositionSave'):
+    if args.iterator.save(self._prefix(directory)) is None:  # not serialisable: say so
+      epath.Path(self._prefix(directory) + '.unsaved').write_text('see the training log')
+
+  def restore(self, directory: epath.Path, args: 'DataPositionRestore'):
+    if epath.Path(self._prefix(directory) + '.unsaved').exists():
+      logging.warning('This checkpoint has no data position (the pipeline could not be '
+                      'serialised): the data stream starts again from its beginning.')
+    else:
+      args.iterator.restore(self._prefix(directory))
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataPositionHandler, for_save=True)
+@dataclasses.dataclass
+class DataPositionSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(DataPositionHandler, for_restore=True)
+@dataclasses.dataclass
+class DataPositionRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+# Writing
+
+def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
+  """The manager of workdir/checkpoints; `config` sets how many to keep (None: read only)."""
+  options = ocp.CheckpointManagerOptions(
+      create=config is not None, read_only=config is None,
+      enable_async_checkpointing=True, cleanup_tmp_directories=config is not None,
+      preservation_policy=(ocp.checkpoint_managers.LatestN(config.checkpoints_to_keep)
+                           if config is not None else None))
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_names=('state', 'data', 'meta'))
+
+
+def save(manager: ocp.CheckpointManager, state, data, config) -> bool:
+  """Starts an asynchronous save of `state` at its step (the device-to-host copy
+  is done when this returns, so the state may be donated). False if that step
+  is saved already."""
+  step = int(state.step)
+  if step in manager.all_steps():
+    return False
+  meta = {'config': config.to_dict(), 'num_processes': jax.process_count()}
+  return manager.save(step, force=True, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=DataPositionSave(data),
+      meta=ocp.args.JsonSave(meta)))
+
+
+# Reading
+
+def _abstract(tree, mesh):
+  """ShapeDtypeStructs of `tree`'s leaves, replicated on `mesh`."""
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+
+
+def _step_or_latest(manager, workdir: str, step: int | None) -> int:
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)}: train first with '
+                          f'python main.py --config=... --workdir={workdir}')
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise CheckpointError(f'no checkpoint of step {step} in {checkpoint_dir(workdir)}; '
+                          f'saved steps: {sorted(steps)}')
+  return step
+
+
+def read_meta(manager, step: int) -> dict:
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def differences(saved: dict, config, fields) -> list[str]:
+  """'field: saved -> now' for each of `fields` that differs."""
+  return [f'{f}: {saved.get(f)!r} -> {config[f]!r}' for f in fields if saved.get(f) != config[f]]
+
+
+def restore_for_training(manager, workdir: str, config, abstract_state, data):
+  """The latest training state on the mesh of `abstract_state` (ShapeDtypeStructs
+  with shardings) and the data position restored into `data`; None if the
+  workdir has no checkpoint. The config is checked before any array is read."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  meta = read_meta(manager, step)
+  fixed = differences(meta['config'], config, FIXED_FIELDS)
+  if fixed:
+    raise CheckpointError(
+        f'the checkpoint of step {step} in {checkpoint_dir(workdir)} is of a different run; '
+        f'differing fields: {"; ".join(fixed)}. Use the checkpoint\'s values or a new --workdir')
+  if meta['num_processes'] != jax.process_count():
+    raise CheckpointError(
+        f'the checkpoint of step {step} holds the data positions of {meta["num_processes"]} '
+        f'processes, and this run has {jax.process_count()}: resume with '
+        f'{meta["num_processes"]} processes, or start a new --workdir')
+  changed = differences(meta['config'], config, sorted(set(config.keys()) - set(FIXED_FIELDS)))
+  if changed:
+    logging.warning('Resuming step %d with changed fields: %s', step, '; '.join(changed))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=DataPositionRestore(data)))
+  return restored.state
+
+
+def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = True):
+  """(G's variables {'params', 'batch_stats', 'spectral'}, the run's config, step)
+  from a checkpoint (the latest by default), replicated on `mesh` whatever the
+  device count it was written with. Only G's arrays are read: the EMA weights,
+  or the raw ones with ema=False."""
+  from sagan_jax.models import make_models
+  from sagan_jax.train import create_train_state
+  if not checkpoint_dir(workdir).exists():
+    raise CheckpointError(f'no checkpoint in {workdir}: {checkpoint_dir(workdir)} does not '
+                          'exist (is --workdir the directory training wrote to?)')
+  manager = make_manager(workdir)
+  step = _step_or_latest(manager, workdir, step)
+  config = ml_collections.ConfigDict(read_meta(manager, step)['config'])
+  generator, discriminator = make_models(config)
+  shapes = jax.eval_shape(lambda: create_train_state(config, generator, discriminator,
+                                                     jax.random.PRNGKey(0)))
+  params = 'ema_params' if ema else 'g_params'
+  wanted = {params: shapes.ema_params, 'g_batch_stats': shapes.g_batch_stats,
+            'g_spectral': shapes.g_spectral}
+  wanted = _abstract(wanted, mesh)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+      partial_restore=True))).state
+  manager.close()
+  variables = {'params': restored[params], 'batch_stats': restored['g_batch_stats'],
+               'spectral': restored['g_spectral']}
+  return variables, config, step

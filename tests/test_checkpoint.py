@@ -1,0 +1,222 @@
+"""Checkpoints: exact resume, preemption, a crash mid-write, non-finite steps,
+restore on another device count, and a changed config."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from sagan_jax import checkpoint, input_pipeline, sampling, train
+from sagan_jax.models import make_models
+from processes import single_device_env
+from tiny_config import ON_SHAPES, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shapes_config(tfds_dir, **overrides):
+  return tiny_config(**ON_SHAPES, data_dir=tfds_dir, **overrides)
+
+
+def saved_steps(workdir) -> list[int]:
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+
+
+@pytest.fixture(scope='module')
+def runs(tfds_dir, tmp_path_factory):
+  """4 steps straight, and 2 steps, a stop, then a resume to 4 (checkpoints every 2)."""
+  straight, split = (str(tmp_path_factory.mktemp(n)) for n in ('straight', 'split'))
+  config = lambda steps: shapes_config(tfds_dir, num_train_steps=steps, checkpoint_every_steps=2)
+  straight_state = train.train_and_evaluate(config(4), straight)
+  assert int(train.train_and_evaluate(config(2), split).step) == 2
+  return straight, split, straight_state, train.train_and_evaluate(config(4), split)
+
+
+def test_resume_is_bit_exact(runs):
+  _, split, straight, resumed = runs
+  assert saved_steps(split) == [2, 4]
+  paths_a, leaves_a = zip(*jax.tree_util.tree_flatten_with_path(jax.device_get(straight))[0])
+  paths_b, leaves_b = zip(*jax.tree_util.tree_flatten_with_path(jax.device_get(resumed))[0])
+  assert paths_a == paths_b
+  # Parameters, both Adam states, spectral u's, BN averages, EMA, step and RNG key.
+  assert {p[0].name for p in paths_a} == set(train.TrainState.__dataclass_fields__)
+  for path, a, b in zip(paths_a, leaves_a, leaves_b):
+    assert np.array_equal(a, b), jax.tree_util.keystr(path)
+  assert int(resumed.step) == 4
+
+
+def test_training_loop_logs_samples_and_checkpoints(runs):
+  straight = runs[0]
+  lines = [json.loads(line) for line in open(os.path.join(straight, 'metrics.jsonl'))]
+  assert [line['step'] for line in lines] == [1, 2, 3, 4]
+  assert all(set(line) >= {'d_loss', 'g_loss', 'd_real', 'd_fake', 'steps_per_s',
+                           'skipped_steps', 'gamma/G/attention'} for line in lines)
+  samples = sorted(os.listdir(os.path.join(straight, 'samples')))
+  assert samples == [f'{s:07d}_{kind}.png' for s in (0, 2, 4) for kind in ('ema', 'raw')]
+  grid = Image.open(os.path.join(straight, 'samples', '0000004_ema.png'))
+  assert grid.size == (2 * 34 * 2, 4 * 34 * 2)  # 2 columns, 4 class rows, 32 px + border, x2
+  assert saved_steps(straight) == [2, 4]
+
+
+def test_resume_with_a_different_architecture_names_the_fields(runs, tfds_dir):
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'step 4 .* differing fields: ch: 2 -> 8; z_dim: 16 -> 8\. Use'):
+    train.train_and_evaluate(shapes_config(tfds_dir, ch=8, z_dim=8, num_train_steps=6), runs[1])
+  assert saved_steps(runs[1]) == [2, 4]
+
+
+GENERATE = """
+import sys
+import jax, numpy as np
+from sagan_jax import checkpoint, sampling, train
+from sagan_jax.models import make_models
+assert jax.device_count() == 1, jax.devices()
+variables, config, step = checkpoint.restore_generator(sys.argv[1], train.make_mesh())
+z, labels = sampling.grid_latents(config, 7)
+np.save(sys.argv[2], np.asarray(make_models(config)[0].apply(variables, z, labels, train=False)))
+"""
+
+
+def test_restore_on_one_device_gives_the_same_samples(runs, tmp_path):
+  split, resumed = runs[1], runs[3]
+  mesh = train.make_mesh()
+  assert mesh.size == 8
+  variables, config, step = checkpoint.restore_generator(split, mesh)
+  assert step == 4 and config.ch == 2
+  # Only G is read: the EMA weights by default, the raw ones on request.
+  jax.tree.map(np.testing.assert_array_equal, variables['params'], resumed.ema_params)
+  raw, _, _ = checkpoint.restore_generator(split, mesh, step=2, ema=False)
+  assert not np.array_equal(jax.tree.leaves(raw['params'])[0],
+                            jax.tree.leaves(resumed.g_params)[0])
+  z, labels = sampling.grid_latents(config, 7)
+  on_eight = make_models(config)[0].apply(variables, z, labels, train=False)
+
+  result = subprocess.run([sys.executable, '-c', GENERATE, split, str(tmp_path / 'one.npy')],
+                          env=single_device_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / 'one.npy'), on_eight, atol=1e-6)
+
+
+def test_restore_errors_say_what_is_missing(runs, tmp_path):
+  with pytest.raises(checkpoint.CheckpointError, match='does not exist'):
+    checkpoint.restore_generator(str(tmp_path), train.make_mesh())
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint of step 3 .* \[2, 4\]'):
+    checkpoint.restore_generator(runs[1], train.make_mesh(), step=3)
+
+
+class Run:
+  """main.py on the tiny config in a subprocess, its log lines collected as they come."""
+
+  def __init__(self, workdir, tfds_dir, *flags):
+    self.lines = []
+    self.process = subprocess.Popen(
+        [sys.executable, 'main.py', '--config=tests/tiny_config.py', f'--workdir={workdir}',
+         f'--config.data_dir={tfds_dir}', '--config.log_every_steps=1', *flags],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr))
+    self._reader.start()
+
+  def wait_for(self, pattern, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      for line in list(self.lines):
+        if match := re.search(pattern, line):
+          return match
+      assert self.process.poll() is None, ''.join(self.lines[-30:])
+      time.sleep(0.05)
+    raise AssertionError(f'no {pattern!r} in:\n' + ''.join(self.lines[-30:]))
+
+  def finish(self, timeout=300):
+    code = self.process.wait(timeout)
+    self._reader.join()
+    return code
+
+
+def test_preemption_then_a_crash_mid_write_then_resume(tfds_dir, tmp_path):
+  workdir = str(tmp_path)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+
+  # SIGTERM: save at the step reached, exit 0.
+  run = Run(workdir, tfds_dir, '--config.num_train_steps=1000',
+            '--config.checkpoint_every_steps=1000')
+  run.wait_for(r'step 3/1000')
+  run.process.send_signal(signal.SIGTERM)
+  assert run.finish() == 0, ''.join(run.lines[-30:])
+  preempted = int(run.wait_for(r'Preempted: saved the checkpoint of step (\d+)')[1])
+  assert preempted >= 3 and saved_steps(workdir) == [preempted]
+
+  # The restart continues from there; SIGKILL it while a checkpoint is being written.
+  for attempt in range(3):
+    start = max(saved_steps(workdir))
+    run = Run(workdir, tfds_dir, '--config.num_train_steps=1000',
+              '--config.checkpoint_every_steps=1')
+    run.wait_for(rf'Resumed from the checkpoint of step {start} ')
+    while not (max(saved_steps(workdir)) > start + 1 and
+               any('tmp' in n for n in os.listdir(ckpt_dir))):
+      assert run.process.poll() is None, ''.join(run.lines[-30:])
+    run.process.kill()
+    assert run.finish() == -signal.SIGKILL
+    if any('tmp' in n for n in os.listdir(ckpt_dir)):
+      break  # killed with a write in flight
+  else:
+    pytest.fail('the kill never landed during a checkpoint write')
+
+  previous = max(saved_steps(workdir))
+  variables, _, step = checkpoint.restore_generator(workdir, train.make_mesh())
+  assert step == previous
+  run = Run(workdir, tfds_dir, f'--config.num_train_steps={previous + 1}')
+  assert run.finish() == 0, ''.join(run.lines[-30:])
+  run.wait_for(rf'Resumed from the checkpoint of step {previous} ')
+  run.wait_for(rf'step {previous + 1}/{previous + 1} ')
+  assert not any('tmp' in n for n in os.listdir(ckpt_dir))  # the partial write is cleaned up
+  assert max(saved_steps(workdir)) == previous + 1
+
+
+class NaNBatches:
+  """The real iterator, as float32 images with NaN in the batches numbered in `bad`."""
+
+  def __init__(self, data, bad):
+    self.data, self.bad, self.count = data, bad, 0
+
+  def __next__(self):
+    batch = next(self.data)
+    image = batch['image'].astype(np.float32)
+    if self.count in self.bad:
+      image[..., 0, 0, 0] = np.nan
+    self.count += 1
+    return dict(batch, image=image)
+
+  def save(self, path):
+    return self.data.save(path)
+
+  def restore(self, path):
+    self.data.restore(path)
+
+
+def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tfds_dir, tmp_path, monkeypatch):
+  real = input_pipeline.create_train_iterator
+  # Steps are counted from 1: batch i feeds step i + 1. Step 2 alone, then steps 4-6.
+  monkeypatch.setattr(input_pipeline, 'create_train_iterator',
+                      lambda config: NaNBatches(real(config), bad={1, 3, 4, 5}))
+  config = shapes_config(tfds_dir, num_train_steps=10, checkpoint_every_steps=1,
+                         max_nonfinite_steps=3)
+  with pytest.raises(train.NonFiniteError, match=r'steps 4 to 6 had non-finite .* before step 4'):
+    train.train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  assert [line['step'] for line in lines] == [1, 2, 3, 4, 5]
+  assert [line['skipped_steps'] for line in lines] == [0, 1, 1, 2, 3]
+  gamma = [line['gamma/G/attention'] for line in lines]
+  assert gamma[1] == gamma[0] != gamma[2]  # step 2 changed nothing; step 3 trained
+  assert np.isnan(lines[1]['d_loss']) and np.isfinite(lines[2]['d_loss'])
+  # Saves only from healthy states: the last good checkpoint is step 3's, and it loads.
+  assert saved_steps(tmp_path) == [1, 3]
+  variables, _, step = checkpoint.restore_generator(str(tmp_path), train.make_mesh())
+  assert step == 3 and all(np.isfinite(x).all() for x in jax.tree.leaves(variables))
