@@ -1,0 +1,61 @@
+"""Frechet distance, Inception Score and KID from features and logits, on the
+host in float64."""
+import numpy as np
+
+
+def moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean [d] and unbiased covariance [d, d] of features [n, d], in float64."""
+  x = np.asarray(features, np.float64)
+  return x.mean(0), np.cov(x, rowvar=False)
+
+
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a symmetric PSD matrix (negative round-off clipped)."""
+  w, v = np.linalg.eigh(sigma)
+  return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+  tr((S1 S2)^(1/2)) is computed as tr((A S2 A)^(1/2)) with A = S1^(1/2): the
+  same eigenvalues, but of a symmetric PSD matrix, so eigh gives them without
+  the complex round-off and singular-matrix failures of a general sqrtm.
+  """
+  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+  a = _psd_sqrt(sigma1)
+  m = a @ sigma2 @ a
+  trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+  diff = mu1 - mu2
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+  """exp(E_x KL(p(y|x) || p(y))) on each of `splits` equal parts; (mean, std)."""
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+  scores = []
+  for part in np.array_split(logp, splits):
+    p_y = np.exp(part).mean(0)
+    kl = (np.exp(part) * (part - np.log(p_y))).sum(1)
+    scores.append(np.exp(kl.mean()))
+  return float(np.mean(scores)), float(np.std(scores))
+
+
+def kernel_inception_distance(features1, features2, subsets: int = 100, subset_size: int = 1000,
+                              seed: int = 0) -> tuple[float, float]:
+  """Unbiased MMD^2 with the kernel (x.y / d + 1)^3 (Binkowski et al. 2018),
+  averaged over random subsets; (mean, std)."""
+  x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+  d, m = x.shape[1], min(subset_size, len(x), len(y))
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(subsets):
+    a = x[rng.choice(len(x), m, replace=False)]
+    b = y[rng.choice(len(y), m, replace=False)]
+    k_aa, k_bb, k_ab = ((p @ q.T / d + 1) ** 3 for p, q in ((a, a), (b, b), (a, b)))
+    off_diagonal = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))
+    values.append(off_diagonal(k_aa) + off_diagonal(k_bb) - 2 * k_ab.mean())
+  return float(np.mean(values)), float(np.std(values))
