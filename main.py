@@ -1,8 +1,15 @@
-"""Trains SAGAN. Example:
+"""Trains SAGAN, or looks at a trained one. Examples:
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/sagan
   python main.py --config=configs/imagenet128.py --workdir=... --config.batch_size=64
+  python main.py --mode=sample --workdir=/tmp/sagan --classes=0,3 --truncation=1.0
+  python main.py --mode=sample --workdir=/tmp/sagan --num_samples=50000 --format=npz
+  python main.py --mode=interpolate --workdir=/tmp/sagan
+  python main.py --mode=attention --workdir=/tmp/sagan --queries='8,8;24,16'
+
+The sample, interpolate and attention modes read the config from the checkpoint.
 """
+import dataclasses
 import sys
 
 from absl import app, flags, logging
@@ -20,7 +27,27 @@ flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.DEFINE_bool('compilation_cache', True,
                   'Keep compiled programs in WORKDIR/compilation_cache (unless '
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention'],
+                  'train, or look at the latest (or --step) checkpoint in --workdir.')
+# Options of the sample, interpolate and attention modes (sagan_jax/modes.py).
+flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
+flags.DEFINE_enum('generator', 'ema', ['ema', 'raw'], 'EMA or raw generator weights.')
+flags.DEFINE_string('classes', '', "Classes: '3,5,7', 'all', or '' for the config's first "
+                    'sample_classes.')
+flags.DEFINE_integer('per_class', 0, 'Images per class (0: the config\'s samples_per_class; '
+                     'attention: 1).')
+flags.DEFINE_float('truncation', 0.0, 'Truncation trick: redraw |z_i| > this (0: none).')
+flags.DEFINE_integer('seed', 0, 'Seed of the noise: the same seed gives the same images.')
+flags.DEFINE_integer('num_samples', 0, 'sample: also export this many images (e.g. 50000).')
+flags.DEFINE_enum('format', 'png', ['png', 'npz'],
+                  'sample export: PNG files, or one .npz of uint8 NHWC images and labels.')
+flags.DEFINE_integer('standing_stats', 0, "Re-estimate G's batch-norm statistics from this many "
+                     'generated batches before sampling (0: the moving averages).')
+flags.DEFINE_integer('batch_size', 64, 'Images per generator call.')
+flags.DEFINE_integer('steps', 8, 'interpolate: images per strip.')
+flags.DEFINE_string('queries', '', "attention: query pixels 'y,x;y,x' (default: four).")
+flags.DEFINE_string('out', '', 'Output directory of a mode (default: WORKDIR/<mode>).')
+flags.mark_flags_as_required(['workdir'])
 
 
 def parse_flags(argv):
@@ -34,6 +61,16 @@ def parse_flags(argv):
   return FLAGS(argv)
 
 
+def run_mode(mode: str) -> None:
+  from sagan_jax import modes
+  options = modes.Options(**{f.name: FLAGS[f.name].value
+                             for f in dataclasses.fields(modes.Options)})
+  written = getattr(modes, mode)(FLAGS.workdir, options)
+  paths = written[0] if mode == 'attention' else written
+  for path in paths:
+    logging.info('Wrote %s', path)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -42,6 +79,7 @@ def main(argv):
   from sagan_jax.checkpoint import CheckpointError
   from sagan_jax.config import ConfigError
   from sagan_jax.input_pipeline import DataError
+  from sagan_jax.modes import ModeError
 
   if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', f'{FLAGS.workdir}/compilation_cache')
@@ -52,7 +90,14 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
                jax.local_devices())
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == 'train':
+      if FLAGS.config is None:
+        raise ConfigError('--config is required to train, e.g. --config=configs/quickstart.py')
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      run_mode(FLAGS.mode)
+  except ModeError as e:
+    sys.exit(f'Error: {e}')
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
   except DataError as e:

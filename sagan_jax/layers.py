@@ -43,9 +43,33 @@ def spectral_normalize(module: nn.Module, w: jax.Array, n_steps: int, eps: float
       u = _l2_normalize(jnp.matmul(v, w_mat, precision=HIGHEST), eps)
     u = jax.lax.stop_gradient(u)
     u_var.value = u
-  # sigma = ||W u||; its gradient is v^T u, as in the paper (u, v held fixed).
-  sigma = jnp.sqrt(jnp.sum(jnp.square(jnp.matmul(u, w_mat.T, precision=HIGHEST))))
-  return w / sigma
+  return w / sigma(w_mat, u)
+
+
+def sigma(w_mat, u):
+  """||W u||: the top singular value of W [K, C_out] as the unit u [1, C_out]
+  estimates it. Its gradient is v^T u, as in the paper (u, v held fixed)."""
+  return jnp.sqrt(jnp.sum(jnp.square(jnp.matmul(u, w_mat.T, precision=HIGHEST))))
+
+
+def spectral_sigmas(params, spectral) -> list[jax.Array]:
+  """sigma of every spectrally normalised weight, from a network's variables."""
+  out = []
+  for path, u in jax.tree_util.tree_flatten_with_path(spectral)[0]:
+    layer = params
+    for key in path[:-1]:
+      layer = layer[key.key]
+    w = layer['kernel'] if 'kernel' in layer else layer['embedding']
+    out.append(sigma(w.reshape(-1, w.shape[-1]).astype(jnp.float32), u))
+  return out
+
+
+def class_rows(table, y):
+  """Per-class rows of `table` [num_classes, C]: y int [B] picks them; y float
+  [B, num_classes] mixes them (interpolating between classes)."""
+  if jnp.issubdtype(y.dtype, jnp.integer):
+    return jnp.take(table, y, axis=0)
+  return jnp.matmul(y.astype(table.dtype), table, precision=HIGHEST)
 
 
 class _SNLayer(nn.Module):
@@ -125,8 +149,8 @@ class ConditionalBatchNorm(nn.Module):
     c = x.shape[-1]
     gain = self.param('gain', nn.initializers.ones, (self.num_classes, c))
     bias = self.param('bias', nn.initializers.zeros, (self.num_classes, c))
-    gain = jnp.take(gain, y, axis=0)[:, None, None, :].astype(self.dtype)  # [B, 1, 1, C]
-    bias = jnp.take(bias, y, axis=0)[:, None, None, :].astype(self.dtype)
+    gain = class_rows(gain, y)[:, None, None, :].astype(self.dtype)  # [B, 1, 1, C]
+    bias = class_rows(bias, y)[:, None, None, :].astype(self.dtype)
     return x * gain + bias
 
 
@@ -141,10 +165,14 @@ def attention(theta, phi, g, implementation: str = 'xla'):
   'xla': two einsums; 'cudnn': cuDNN flash attention (NVIDIA GPU, bf16).
   """
   if implementation == 'xla':
-    logits = jnp.einsum('bnd,bmd->bnm', theta, phi, preferred_element_type=jnp.float32)
-    beta = jax.nn.softmax(logits, axis=-1)  # [B, N, M]: where each query looks
-    return jnp.einsum('bnm,bmv->bnv', beta.astype(g.dtype), g)
+    return jnp.einsum('bnm,bmv->bnv', attention_weights(theta, phi).astype(g.dtype), g)
   return padded_dot_product_attention(theta, phi, g, implementation)
+
+
+def attention_weights(theta, phi):
+  """beta [B, N, M] = softmax over keys of theta phi^T: where each query looks."""
+  logits = jnp.einsum('bnd,bmd->bnm', theta, phi, preferred_element_type=jnp.float32)
+  return jax.nn.softmax(logits, axis=-1)
 
 
 def padded_dot_product_attention(theta, phi, g, implementation: str):
@@ -160,6 +188,9 @@ def padded_dot_product_attention(theta, phi, g, implementation: str):
 
 class SelfAttention(nn.Module):
   """SAGAN self-attention block: y = x + gamma * o.
+
+  With the `intermediates` collection mutable it also sows its weights `beta`
+  [B, N, M] (queries at H x W, keys at H/2 x W/2 for 'sagan', H x W for 'simple').
 
   'sagan' (the authors' code, default): theta C/8 at full resolution, phi C/8
   and g C/2 max-pooled 2x2, an output conv C/2 -> C. 'simple' (the paper's
@@ -181,6 +212,8 @@ class SelfAttention(nn.Module):
       phi, g = max_pool_2x2(phi), max_pool_2x2(g)
     phi = phi.reshape(b, -1, c // 8)  # [B, M, C/8] keys, M = N/4 ('sagan') or N
     g = g.reshape(b, -1, g.shape[-1])  # [B, M, C/2 or C] values
+    if self.is_mutable_collection('intermediates'):  # attention maps asked for
+      self.sow('intermediates', 'beta', attention_weights(theta, phi))
     o = attention(theta, phi, g, self.implementation).reshape(b, h, w, -1)
     if self.variant == 'sagan':
       o = conv1x1(c, 'o')(o)

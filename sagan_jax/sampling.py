@@ -24,15 +24,61 @@ def to_uint8(images) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round((images + 1) * 127.5), 0, 255), dtype=np.uint8)
 
 
-def save_grid(images: np.ndarray, rows: int, path, scale: int = 2) -> None:
-  """Writes uint8 images [rows * cols, S, S, 3] as one PNG, row-major (local or gs:// path)."""
-  n, s = images.shape[0], images.shape[1]
+def make_grid(images: np.ndarray, rows: int) -> np.ndarray:
+  """uint8 images [rows * cols, H, W, 3], row-major -> one image with 1-px white borders."""
+  n, h, w = images.shape[:3]
   cols = n // rows
-  pad = np.full((rows, cols, s + 2, s + 2, 3), 255, np.uint8)  # 1-px white border
-  pad[:, :, 1:-1, 1:-1] = images.reshape(rows, cols, s, s, 3)
-  grid = pad.transpose(0, 2, 1, 3, 4).reshape(rows * (s + 2), cols * (s + 2), 3)
-  image = Image.fromarray(grid)
+  pad = np.full((rows, cols, h + 2, w + 2, 3), 255, np.uint8)
+  pad[:, :, 1:-1, 1:-1] = images.reshape(rows, cols, h, w, 3)
+  return pad.transpose(0, 2, 1, 3, 4).reshape(rows * (h + 2), cols * (w + 2), 3)
+
+
+def save_png(image: np.ndarray, path, scale: int = 1) -> None:
+  """Writes uint8 [H, W, 3] as PNG (local or gs:// path), enlarged `scale` times."""
+  image = Image.fromarray(image)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
   with epath.Path(path).open('wb') as f:
     image.save(f, format='PNG')
+
+
+def save_grid(images: np.ndarray, rows: int, path, scale: int = 2) -> np.ndarray:
+  """Writes `images` as one grid PNG (see make_grid); returns the grid."""
+  grid = make_grid(images, rows)
+  save_png(grid, path, scale)
+  return grid
+
+
+def latents(key, n: int, z_dim: int, truncation: float = 0.0):
+  """z [n, z_dim] ~ N(0, 1); with truncation t > 0, every |z_i| > t is redrawn
+  (the truncation trick), i.e. z is normal truncated to [-t, t]."""
+  if truncation > 0:
+    return jax.random.truncated_normal(key, -truncation, truncation, (n, z_dim))
+  return jax.random.normal(key, (n, z_dim))
+
+
+def random_batch(key, batch_size: int, config):
+  """z ~ N(0, 1) [B, z_dim] and uniformly random classes [B]."""
+  z_key, y_key = jax.random.split(key)
+  return (jax.random.normal(z_key, (batch_size, config.z_dim)),
+          jax.random.randint(y_key, (batch_size,), 0, config.num_classes))
+
+
+def standing_statistics(generator, variables, config, keys, batch_size: int) -> dict:
+  """`variables` with G's batch-norm statistics re-estimated as the average
+  over generated batches (one per key; random z and classes) in training mode,
+  instead of the moving averages kept while training (BigGAN's "standing
+  statistics")."""
+  one_batch = generator.clone(bn_momentum=0.0)  # stored statistics = this batch's
+
+  @jax.jit
+  def batch_statistics(key):
+    z, y = random_batch(key, batch_size, config)
+    _, new = one_batch.apply(variables, z, y, train=True, mutable=['batch_stats'])
+    return new['batch_stats']
+
+  total = None
+  for key in keys:
+    stats = batch_statistics(key)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+  return dict(variables, batch_stats=jax.tree.map(lambda x: x / len(keys), total))

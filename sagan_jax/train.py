@@ -1,8 +1,6 @@
 """Training state, the compiled SAGAN update (TTUR) and the training loop."""
-import json
 import signal
 import threading
-import time
 from typing import Any
 
 import flax
@@ -14,8 +12,9 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import checkpoint, input_pipeline, sampling
+from sagan_jax import checkpoint, input_pipeline, logs, sampling
 from sagan_jax.config import validate
+from sagan_jax.layers import spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.models import make_models
 
@@ -80,6 +79,18 @@ def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
     for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
       if path[-1].key == 'gamma':
         out['gamma/' + '/'.join([net] + [p.key for p in path[:-1]])] = value
+  return out
+
+
+def sigma_summary(state: TrainState) -> dict[str, jax.Array]:
+  """Min, mean and max over G's and over D's layers of the spectral norm sigma
+  of the raw weights (what spectral normalisation divides by)."""
+  out = {}
+  for net, params, spectral in (('G', state.g_params, state.g_spectral),
+                                ('D', state.d_params, state.d_spectral)):
+    sigmas = jnp.stack(spectral_sigmas(params, spectral))
+    out.update({f'sigma/{net}/min': sigmas.min(), f'sigma/{net}/mean': sigmas.mean(),
+                f'sigma/{net}/max': sigmas.max()})
   return out
 
 
@@ -149,7 +160,7 @@ def make_train_step(config, generator, discriminator, mesh):
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                           d_opt_state=opt_state, d_spectral=spectral)
     return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
-                   'finite': all_finite(loss, grads)}
+                   'd_grad_norm': optax.tree.norm(grads), 'finite': all_finite(loss, grads)}
 
   def g_step(state, key):
     """One G update through the (fixed) D; G's u and BN averages advance once."""
@@ -171,7 +182,8 @@ def make_train_step(config, generator, discriminator, mesh):
     ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
     state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
                           g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
-    return state, {'g_loss': loss, 'finite': all_finite(loss, grads)}
+    return state, {'g_loss': loss, 'g_grad_norm': optax.tree.norm(grads),
+                   'finite': all_finite(loss, grads)}
 
   def train_step(state: TrainState, batch):
     keys = jax.random.split(jax.random.fold_in(state.rng, state.step), config.num_d_steps + 1)
@@ -188,7 +200,8 @@ def make_train_step(config, generator, discriminator, mesh):
     new = jax.lax.cond(ok, lambda: new, lambda: state)
     new = new.replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32),
                       streak=jnp.where(ok, 0, state.streak + 1))
-    metrics = {**d_metrics, **g_metrics, **attention_gammas(new), 'skipped_steps': new.skipped}
+    metrics = {**d_metrics, **g_metrics, **attention_gammas(new), **sigma_summary(new),
+               'skipped_steps': new.skipped}
     return new, metrics
 
   train_step.d_step, train_step.g_step = d_step, g_step  # for tests of the parts
@@ -210,11 +223,6 @@ def shard_batch(batch, mesh):
   """Global jax.Arrays of the per-process numpy batches, split on the B axis."""
   sharding = NamedSharding(mesh, P(None, 'data'))
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
-def _format_duration(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
 
 
 class NonFiniteError(RuntimeError):
@@ -296,20 +304,25 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
   z, labels = sampling.grid_latents(config, config.seed + 1)
   sample = jax.jit(lambda params, batch_stats, spectral: sampling.generate(
       generator, params, batch_stats, spectral, z, labels), out_shardings=replicated)
+  writer = logs.MetricWriter(workdir, enabled=is_main)
 
   def write_samples(state, step: int):
+    """The fixed-noise grids of the raw and the EMA G: PNGs and TensorBoard images."""
     rows = min(config.sample_classes, config.num_classes)
+    grids = {}
     for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
       images = sampling.to_uint8(sample(params, state.g_batch_stats, state.g_spectral))
       if is_main:
-        sampling.save_grid(images, rows, sample_dir / f'{step:07d}_{name}.png')
+        grids[f'samples/{name}'] = sampling.save_grid(images, rows,
+                                                      sample_dir / f'{step:07d}_{name}.png')
+    writer.images(step, grids)
 
   first_step = int(state.step)
   if first_step == 0:
     write_samples(state, first_step)
-  metrics_file = (epath.Path(workdir) / 'metrics.jsonl').open('a') if is_main else None
   images_per_step = config.batch_size * config.num_d_steps
-  last_time, last_step, start = time.time(), first_step, time.time()
+  progress = logs.Progress('step', config.num_train_steps, 'steps', first_step,
+                           items=('images', images_per_step))
   logging.info('Training steps %d to %d; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
                first_step + 1, config.num_train_steps, jax.device_count(), jax.process_count(),
                sum(x.size for x in jax.tree.leaves(state.g_params)) / 1e6,
@@ -325,17 +338,11 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
       if done % config.log_every_steps == 0 or last:
         check_finite(state, config, workdir)
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.time()
-        rate = (done - last_step) / (now - last_time)
-        eta = (config.num_train_steps - done) / rate
-        logging.info('step %d/%d | %s | %.2f steps/s, %.0f images/s | elapsed %s, ETA %s',
-                     done, config.num_train_steps,
-                     ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()), rate,
-                     rate * images_per_step, _format_duration(now - start), _format_duration(eta))
-        if metrics_file:
-          metrics_file.write(json.dumps({'step': done, 'steps_per_s': rate, **metrics}) + '\n')
-          metrics_file.flush()
-        last_time, last_step = time.time(), done
+        logging.info(progress.line(done, ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
+                                                  if not k.startswith('sigma/')) + ' | '))
+        writer.scalars(done, {**metrics, 'steps_per_s': progress.rate,
+                              'images_per_s': progress.rate * images_per_step,
+                              'g_lr': config.g_lr, 'd_lr': config.d_lr})
       if done % config.sample_every_steps == 0 or last:
         write_samples(state, done)
       preempted = preemption(done)
@@ -352,6 +359,5 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
         break
   finally:
     preemption.close()
-    if metrics_file:
-      metrics_file.close()
+    writer.close()
   return state

@@ -23,7 +23,7 @@ import pytest
 
 from sagan_jax import train
 from sagan_jax.models import make_models
-from tiny_config import tiny_config
+from tiny_config import shapes_config, tiny_config
 
 
 class Tiny:
@@ -60,3 +60,13 @@ def tiny():
 def tfds_dir(tmp_path_factory):
   """A TFDS data dir in which the embedded dataset gets prepared once."""
   return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+
+
+@pytest.fixture(scope='session')
+def runs(tfds_dir, tmp_path_factory):
+  """4 steps straight, and 2 steps, a stop, then a resume to 4 (checkpoints every 2)."""
+  straight, split = (str(tmp_path_factory.mktemp(n)) for n in ('straight', 'split'))
+  config = lambda steps: shapes_config(tfds_dir, num_train_steps=steps, checkpoint_every_steps=2)
+  straight_state = train.train_and_evaluate(config(4), straight)
+  assert int(train.train_and_evaluate(config(2), split).step) == 2
+  return straight, split, straight_state, train.train_and_evaluate(config(4), split)

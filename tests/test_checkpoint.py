@@ -17,27 +17,13 @@ from PIL import Image
 from sagan_jax import checkpoint, input_pipeline, sampling, train
 from sagan_jax.models import make_models
 from processes import single_device_env
-from tiny_config import ON_SHAPES, tiny_config
+from tiny_config import shapes_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def shapes_config(tfds_dir, **overrides):
-  return tiny_config(**ON_SHAPES, data_dir=tfds_dir, **overrides)
-
-
 def saved_steps(workdir) -> list[int]:
   return sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
-
-
-@pytest.fixture(scope='module')
-def runs(tfds_dir, tmp_path_factory):
-  """4 steps straight, and 2 steps, a stop, then a resume to 4 (checkpoints every 2)."""
-  straight, split = (str(tmp_path_factory.mktemp(n)) for n in ('straight', 'split'))
-  config = lambda steps: shapes_config(tfds_dir, num_train_steps=steps, checkpoint_every_steps=2)
-  straight_state = train.train_and_evaluate(config(4), straight)
-  assert int(train.train_and_evaluate(config(2), split).step) == 2
-  return straight, split, straight_state, train.train_and_evaluate(config(4), split)
 
 
 def test_resume_is_bit_exact(runs):

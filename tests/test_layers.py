@@ -95,7 +95,7 @@ def _attention_reference(variables, x, variant):
   o = (beta @ g).reshape(b, h, w, -1)
   if variant == 'sagan':
     o = _conv1x1(variables, 'o', o)
-  return x + float(variables['params']['gamma']) * o
+  return x + float(variables['params']['gamma']) * o, beta
 
 
 def _attention(variant):
@@ -111,8 +111,11 @@ def test_attention_matches_numpy_reference():
     assert ('o' in variables['params']) == (variant == 'sagan')
     params = {**variables['params'], 'gamma': jnp.array(0.7)}
     variables = {**variables, 'params': params}
-    np.testing.assert_allclose(block.apply(variables, x), _attention_reference(variables, x, variant),
-                               rtol=1e-4, atol=1e-5)
+    out, sown = block.apply(variables, x, mutable=['intermediates'])
+    expected, beta = _attention_reference(variables, x, variant)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    # The weights sown for attention maps are the softmax the block uses.
+    np.testing.assert_allclose(sown['intermediates']['beta'][0], beta, rtol=1e-4, atol=1e-6)
 
 
 def test_attention_is_identity_at_gamma_zero():

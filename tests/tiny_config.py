@@ -37,3 +37,8 @@ def get_config():
   """For main.py in tests (--config=tests/tiny_config.py): the tiny config on the
   embedded dataset, compiling the same programs as tiny_config(**ON_SHAPES)."""
   return tiny_config(**ON_SHAPES)
+
+
+def shapes_config(data_dir, **overrides):
+  """The tiny config on the embedded dataset prepared in `data_dir`."""
+  return tiny_config(**ON_SHAPES, data_dir=data_dir, **overrides)

@@ -1,0 +1,66 @@
+"""Progress lines, and metrics for TensorBoard and as JSON lines."""
+import json
+import time
+
+import numpy as np
+from etils import epath
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+class Progress:
+  """'what done/total | rate, elapsed, ETA' lines; the rate is since the last line."""
+
+  def __init__(self, what: str, total: int, unit: str, done: int = 0,
+               items: tuple[str, int] | None = None):
+    """`items` = (name, per unit) adds a second rate, e.g. ('images', batch size)."""
+    self.what, self.total, self.unit, self.items = what, total, unit, items
+    self._start = self._last_time = time.time()
+    self._last_done = done
+    self.rate = 0.0  # per second, over the span of the last line
+
+  def line(self, done: int, extra: str = '') -> str:
+    now = time.time()
+    self.rate = (done - self._last_done) / max(now - self._last_time, 1e-9)
+    self._last_time, self._last_done = now, done
+    eta = (self.total - done) / self.rate if self.rate > 0 else float('inf')
+    eta = format_duration(eta) if eta != float('inf') else '?'
+    rates = f'{self.rate:.2f} {self.unit}/s'
+    if self.items:
+      rates += f', {self.rate * self.items[1]:.0f} {self.items[0]}/s'
+    return (f'{self.what} {done}/{self.total} | {extra}{rates} | '
+            f'elapsed {format_duration(now - self._start)}, ETA {eta}')
+
+
+class MetricWriter:
+  """Scalars and images for TensorBoard (WORKDIR/tensorboard, through
+  clu.metric_writers), the same scalars in WORKDIR/metrics.jsonl. Only the
+  writing process (process 0) passes enabled=True; the others write nothing."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self._summary = self._jsonl = None
+    if enabled:
+      from clu import metric_writers  # imports TensorFlow's summary ops
+      self._summary = metric_writers.SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
+      self._jsonl = (epath.Path(workdir) / 'metrics.jsonl').open('a')
+
+  def scalars(self, step: int, scalars: dict) -> None:
+    if self._summary:
+      self._summary.write_scalars(step, scalars)
+      self._summary.flush()
+      self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+      self._jsonl.flush()
+
+  def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """images: name -> uint8 [H, W, 3]."""
+    if self._summary:
+      self._summary.write_images(step, {k: v[None] for k, v in images.items()})
+      self._summary.flush()
+
+  def close(self) -> None:
+    if self._summary:
+      self._summary.close()
+      self._jsonl.close()

@@ -1,0 +1,163 @@
+"""The sample, interpolate and attention modes, standing statistics and
+TensorBoard logging, on the tiny checkpoints the `runs` fixture trains."""
+import io
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from sagan_jax import checkpoint, modes, sampling, train
+from sagan_jax.models import make_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def png(path) -> np.ndarray:
+  with Image.open(path) as image:
+    assert image.format == 'PNG'
+    return np.asarray(image.convert('RGB'))
+
+
+def test_sample_mode_grid_export_and_determinism(runs, tmp_path):
+  workdir = runs[1]
+  options = lambda name, **kw: modes.Options(classes='1,3', per_class=3, num_samples=5,
+                                             out=str(tmp_path / name), **kw)
+  grid, npz = modes.sample(workdir, options('a', format='npz'))
+  assert grid.endswith('grid_ema_0000004.png')
+  assert png(grid).shape == (2 * 34 * 2, 3 * 34 * 2, 3)  # 2 class rows, 3 columns, x2
+  export = np.load(npz, allow_pickle=False)
+  assert export['images'].shape == (5, 32, 32, 3) and export['images'].dtype == np.uint8
+  assert export['labels'].tolist() == [1, 3, 1, 3, 1]
+  # The same seed gives the same files; another seed, truncation, or raw G others.
+  modes.sample(workdir, options('b', format='png'))
+  files = sorted(os.listdir(tmp_path / 'b' / 'samples'))
+  assert files == [f'{i:06d}_class{c}.png' for i, c in enumerate([1, 3, 1, 3, 1])]
+  np.testing.assert_array_equal(np.stack([png(tmp_path / 'b' / 'samples' / f) for f in files]),
+                                export['images'])
+  assert png(tmp_path / 'b' / 'grid_ema_0000004.png').tolist() == png(grid).tolist()
+  for name, kw in (('seed', dict(seed=1)), ('trunc', dict(truncation=0.5)),
+                   ('raw', dict(generator='raw'))):
+    other = modes.sample(workdir, options(name, format='npz', **kw))[1]
+    assert not np.array_equal(np.load(other)['images'], export['images']), name
+
+
+def test_truncation_redraws_large_values():
+  z = sampling.latents(jax.random.PRNGKey(0), 4000, 8, truncation=0.5)
+  assert float(jnp.abs(z).max()) <= 0.5
+  # E|z| of N(0, 1) truncated to [-t, t] is 2 (phi(0) - phi(t)) / (2 Phi(t) - 1) = 0.2448.
+  assert abs(float(jnp.abs(z).mean()) - 0.2448) < 0.003
+
+
+def test_standing_statistics_average_per_batch_statistics(runs):
+  variables, config, _ = checkpoint.restore_generator(runs[1], train.make_mesh())
+  generator = make_models(config)[0]
+  keys = jax.random.split(jax.random.PRNGKey(3), 2)
+  one = [sampling.standing_statistics(generator, variables, config, [k], 8) for k in keys]
+  both = sampling.standing_statistics(generator, variables, config, keys, 8)
+  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(c, (a + b) / 2, rtol=1e-6),
+               one[0]['batch_stats'], one[1]['batch_stats'], both['batch_stats'])
+  # Statistics of one batch: inference on that batch is training-mode G on it.
+  z, y = sampling.random_batch(keys[0], 8, config)
+  trained, _ = generator.apply(variables, z, y, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(generator.apply(one[0], z, y, train=False), trained, atol=2e-5)
+  assert not np.allclose(generator.apply(variables, z, y, train=False), trained, atol=1e-3)
+
+
+def test_interpolate_mode_strips(runs, tmp_path):
+  options = modes.Options(classes='0,2,5', steps=4, out=str(tmp_path))
+  z_path, class_path = modes.interpolate(runs[1], options)
+  for path in (z_path, class_path):
+    assert png(path).shape == (3 * 34 * 2, 4 * 34 * 2, 3)  # 3 rows of 4 images, x2
+  again = modes.interpolate(runs[1], modes.Options(classes='0,2,5', steps=4,
+                                                   out=str(tmp_path / 'again')))
+  assert [png(p).tolist() for p in again] == [png(z_path).tolist(), png(class_path).tolist()]
+  # The class strip starts at class a and ends at class b (one-hot rows of the CBN tables).
+  s = modes.Sampler(runs[1], options)
+  z = s.latents(0, 6, 0.0).reshape(3, 2, -1)[:, 0]
+  strip = png(class_path)[::2, ::2]
+  first = lambda row, col: strip[row * 34 + 1:row * 34 + 33, col * 34 + 1:col * 34 + 33]
+  ends = s.images(z, jnp.array([0, 2, 5])), s.images(z, jnp.array([2, 5, 0]))
+  for row in range(3):
+    assert np.abs(first(row, 0).astype(int) - ends[0][row]).max() <= 1
+    assert np.abs(first(row, 3).astype(int) - ends[1][row]).max() <= 1
+
+
+def test_attention_mode_draws_the_softmax_weights(runs, tmp_path):
+  queries = [(8, 8), (20, 28)]
+  options = modes.Options(classes='4', per_class=2, queries='8,8;20,28', out=str(tmp_path))
+  written, images, maps = modes.attention(runs[1], options)
+  assert [os.path.basename(p) for p in written] == ['attention_ema_0000004.png']
+  assert png(written[0]).shape == (2 * 34 * 2, 3 * 34 * 2, 3)  # 2 samples x (sample + 2 maps)
+  options_again = modes.Options(classes='4', per_class=2, queries='8,8;20,28',
+                                out=str(tmp_path / 'again'))
+  assert png(modes.attention(runs[1], options_again)[0][0]).tolist() == png(written[0]).tolist()
+  # beta straight from G: 16x16 queries, 8x8 pooled keys.
+  s = modes.Sampler(runs[1], options)
+  z = s.latents(0, 2, 0.0)
+  _, state = s.generator.apply(s.variables, z, jnp.array([4, 4]), train=False,
+                               mutable=['intermediates'])
+  beta = np.asarray(state['intermediates']['attention']['beta'][0])  # [2, 256, 64]
+  drawn = png(written[0])[::2, ::2].astype(int)  # undo the x2
+  for i in range(2):
+    for q, (qy, qx) in enumerate(queries):
+      weights = beta[i, (qy // 2) * 16 + qx // 2].reshape(8, 8)
+      np.testing.assert_allclose(maps['attention'][i, q], weights, rtol=1e-5)
+      panel = drawn[i * 34 + 1:i * 34 + 33, (q + 1) * 34 + 1:(q + 1) * 34 + 33]
+      heat = (panel[..., 0] - panel[..., 2]) / 255 + 0.5  # see modes.overlay
+      expected = np.kron(weights / weights.max(), np.ones((4, 4)))
+      np.testing.assert_allclose(heat, expected, atol=1.01 / 255)
+
+
+def test_modes_reject_bad_input_with_the_fix(runs, tmp_path):
+  with pytest.raises(modes.ModeError, match=r"class 12 is out of range; this model has 10 "
+                                            r"classes, 0 to 9"):
+    modes.sample(runs[1], modes.Options(classes='3,12', out=str(tmp_path)))
+  with pytest.raises(modes.ModeError, match='pixel .* is outside the 32x32 image'):
+    modes.attention(runs[1], modes.Options(queries='8,40', out=str(tmp_path)))
+  with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint of step 7 .* \[2, 4\]'):
+    modes.sample(runs[1], modes.Options(step=7, out=str(tmp_path)))
+  (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint in .*: train first'):
+    modes.interpolate(str(tmp_path / 'empty'), modes.Options())
+  result = subprocess.run(
+      [sys.executable, 'main.py', '--mode=sample', f'--workdir={runs[1]}', '--classes=3,12',
+       f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      "Error: --classes='3,12': class 12 is out of range; this model has 10 classes, 0 to 9")
+
+
+def test_tensorboard_has_the_scalars_and_sample_grids(runs):
+  logdir = os.path.join(runs[0], 'tensorboard')
+  scalars, images = {}, {}
+  for name in os.listdir(logdir):
+    for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
+      for value in event.summary.value:
+        tensor = tf.make_ndarray(value.tensor)
+        if value.metadata.plugin_data.plugin_name == 'images':
+          images.setdefault(value.tag, {})[event.step] = tensor
+        else:
+          scalars.setdefault(value.tag, {})[event.step] = float(tensor)
+  expected = {'d_loss', 'g_loss', 'd_real', 'd_fake', 'gamma/G/attention', 'gamma/D/attention',
+              'd_grad_norm', 'g_grad_norm', 'g_lr', 'd_lr', 'images_per_s', 'steps_per_s',
+              'skipped_steps'} | {f'sigma/{n}/{s}' for n in 'GD' for s in ('min', 'mean', 'max')}
+  assert expected <= set(scalars), expected - set(scalars)
+  assert all(sorted(scalars[tag]) == [1, 2, 3, 4] for tag in expected)
+  assert scalars['d_lr'][4] == pytest.approx(4e-4) and scalars['sigma/D/max'][4] > 0
+  # The same numbers in metrics.jsonl.
+  import json
+  lines = [json.loads(line) for line in open(os.path.join(runs[0], 'metrics.jsonl'))]
+  assert lines[-1]['g_loss'] == pytest.approx(scalars['g_loss'][4])
+  assert set(images) == {'samples/raw', 'samples/ema'}
+  assert sorted(images['samples/ema']) == [0, 2, 4]
+  # Encoded PNG of the grid; it matches the grid written to samples/.
+  encoded = images['samples/ema'][4][2]  # [width, height, png bytes]
+  grid = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'))
+  np.testing.assert_array_equal(grid, png(os.path.join(runs[0], 'samples',
+                                                       '0000004_ema.png'))[::2, ::2])
