@@ -6,6 +6,7 @@
   python main.py --mode=sample --workdir=/tmp/sagan --num_samples=50000 --format=npz
   python main.py --mode=interpolate --workdir=/tmp/sagan
   python main.py --mode=attention --workdir=/tmp/sagan --queries='8,8;24,16'
+  python main.py --mode=eval --workdir=/tmp/sagan --num_samples=10000
 
 The sample, interpolate and attention modes read the config from the checkpoint.
 """
@@ -27,7 +28,7 @@ flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.DEFINE_bool('compilation_cache', True,
                   'Keep compiled programs in WORKDIR/compilation_cache (unless '
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention'],
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention', 'eval'],
                   'train, or look at the latest (or --step) checkpoint in --workdir.')
 # Options of the sample, interpolate and attention modes (sagan_jax/modes.py).
 flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
@@ -38,7 +39,8 @@ flags.DEFINE_integer('per_class', 0, 'Images per class (0: the config\'s samples
                      'attention: 1).')
 flags.DEFINE_float('truncation', 0.0, 'Truncation trick: redraw |z_i| > this (0: none).')
 flags.DEFINE_integer('seed', 0, 'Seed of the noise: the same seed gives the same images.')
-flags.DEFINE_integer('num_samples', 0, 'sample: also export this many images (e.g. 50000).')
+flags.DEFINE_integer('num_samples', 0, 'sample: also export this many images (e.g. 50000); '
+                     'eval: samples to evaluate (0: 50,000).')
 flags.DEFINE_enum('format', 'png', ['png', 'npz'],
                   'sample export: PNG files, or one .npz of uint8 NHWC images and labels.')
 flags.DEFINE_integer('standing_stats', 0, "Re-estimate G's batch-norm statistics from this many "
@@ -47,6 +49,13 @@ flags.DEFINE_integer('batch_size', 64, 'Images per generator call.')
 flags.DEFINE_integer('steps', 8, 'interpolate: images per strip.')
 flags.DEFINE_string('queries', '', "attention: query pixels 'y,x;y,x' (default: four).")
 flags.DEFINE_string('out', '', 'Output directory of a mode (default: WORKDIR/<mode>).')
+flags.DEFINE_enum('features', '', ['', 'inception', 'classifier'],
+                  "eval: Inception-v3 (FID, IS, KID) or the embedded dataset's classifier "
+                  '(default for it).')
+flags.DEFINE_string('inception_weights', '', 'eval: the .npz python -m '
+                    'sagan_jax.convert_inception wrote.')
+flags.DEFINE_string('classifier_weights', '', 'eval: weights of python -m sagan_jax.classifier '
+                    '(default: DATA_DIR/sagan_shapes_classifier.npz).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -65,7 +74,7 @@ def run_mode(mode: str) -> None:
   from sagan_jax import modes
   options = modes.Options(**{f.name: FLAGS[f.name].value
                              for f in dataclasses.fields(modes.Options)})
-  written = getattr(modes, mode)(FLAGS.workdir, options)
+  written = modes.RUN[mode](FLAGS.workdir, options)
   paths = written[0] if mode == 'attention' else written
   for path in paths:
     logging.info('Wrote %s', path)

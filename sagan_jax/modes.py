@@ -18,7 +18,6 @@ from sagan_jax import checkpoint, logs, sampling
 from sagan_jax.models import make_models
 from sagan_jax.train import make_mesh
 
-MODES = ('sample', 'interpolate', 'attention')
 
 
 class ModeError(ValueError):
@@ -40,6 +39,9 @@ class Options:
   steps: int = 8  # interpolation: images per strip
   queries: str = ''  # attention: 'y,x;y,x' query pixels; '': four defaults
   out: str = ''  # output directory; '': WORKDIR/<mode>
+  features: str = ''  # eval: 'inception', 'classifier'; '': classifier for the embedded dataset
+  inception_weights: str = ''  # eval: the .npz convert_inception wrote
+  classifier_weights: str = ''  # eval: '' = DATA_DIR/sagan_shapes_classifier.npz
 
 
 def parse_classes(spec: str, num_classes: int, default: int) -> list[int]:
@@ -241,3 +243,38 @@ def attention(workdir: str, options: Options):
                        _scale(size))
     written.append(str(path))
   return written, images, maps
+
+
+def evaluate(workdir: str, options: Options) -> list[str]:
+  """FID, IS, KID (and, with the classifier, class accuracy) of num_samples
+  (default 50,000) samples against the dataset's train split; prints them and
+  writes them as JSON."""
+  import json
+  from sagan_jax import evaluation
+  s = Sampler(workdir, options)
+  config = s.config
+  kind = options.features or ('classifier' if config.dataset == 'sagan_shapes' else 'inception')
+  weights = (options.inception_weights if kind == 'inception' else
+             options.classifier_weights or classifier_path(config))
+  try:
+    extractor = evaluation.Extractor(kind, weights, s.mesh, config.num_classes)
+  except FileNotFoundError as e:
+    raise ModeError(str(e)) from None
+  num = options.num_samples or 50_000
+  reference = evaluation.reference_statistics(config, extractor, 'train', num,
+                                              str(epath.Path(workdir) / 'reference_stats'))
+  result = evaluation.evaluate(s.generator, s.variables, config, extractor, reference, num,
+                               options.batch_size, options.seed)
+  result = {'step': s.step, 'generator': options.generator, 'features': kind, **result}
+  out = _out_dir(workdir, 'eval', options) / f'{kind}_{options.generator}_{s.step:07d}.json'
+  out.write_text(json.dumps(result, indent=1))
+  print(json.dumps(result))
+  return [str(out)]
+
+
+def classifier_path(config) -> str:
+  from sagan_jax import classifier
+  return classifier.default_path(config.data_dir)
+
+
+RUN = {'sample': sample, 'interpolate': interpolate, 'attention': attention, 'eval': evaluate}

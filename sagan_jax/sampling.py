@@ -20,8 +20,13 @@ def generate(generator, params, batch_stats, spectral, z, labels):
                          z, labels, train=False)
 
 
+def to_uint8_device(images) -> jax.Array:
+  """[-1, 1] -> uint8 [0, 255], on the device."""
+  return jnp.clip(jnp.round((images + 1) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 def to_uint8(images) -> np.ndarray:
-  return np.asarray(jnp.clip(jnp.round((images + 1) * 127.5), 0, 255), dtype=np.uint8)
+  return np.asarray(to_uint8_device(images))
 
 
 def make_grid(images: np.ndarray, rows: int) -> np.ndarray:

@@ -1,0 +1,126 @@
+"""Sample quality of a generator: FID, Inception Score and KID from Inception-v3
+(`--features=inception --inception_weights=FILE`), or, for the embedded
+dataset, class accuracy and a Frechet distance from a small classifier trained
+on it (`--features=classifier`). Generation and feature extraction run on all
+devices; the statistics are computed on the host in float64 (metrics.py).
+"""
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from sagan_jax import classifier, inception, input_pipeline, logs, metrics, sampling
+
+KID_FEATURES = 10_000  # features kept in a reference file for KID
+
+
+class Extractor:
+  """uint8 images [n, S, S, 3] -> (features [n, d], logits [n, k]), in batches
+  split over the mesh's devices."""
+
+  def __init__(self, kind: str, weights: str, mesh, num_classes: int):
+    self.kind, self.mesh = kind, mesh
+    if kind == 'classifier':
+      model, params = classifier.Classifier(num_classes), classifier.load(weights)
+      apply = lambda p, x: model.apply({'params': p}, x)
+    elif kind == 'inception':
+      if not weights or not os.path.exists(weights):
+        raise FileNotFoundError(
+            f'no Inception weights at {weights!r}: convert pytorch-fid\'s file once with '
+            'python -m sagan_jax.convert_inception and pass --inception_weights=FILE')
+      model, params = inception.InceptionV3(), inception.load_params(weights)
+      apply = lambda p, x: model.apply({'params': p}, inception.preprocess(x))
+    else:
+      raise ValueError(f"features={kind!r}: 'inception' or 'classifier'")
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    self.params = jax.device_put(params, replicated)
+    self._apply = jax.jit(apply, in_shardings=(replicated, split), out_shardings=replicated)
+
+  def __call__(self, images: np.ndarray, batch_size: int = 256):
+    batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
+    features, logits = [], []
+    for start in range(0, len(images), batch_size):
+      x = images[start:start + batch_size]
+      pad = batch_size - len(x)
+      f, l = self._apply(self.params, np.pad(x, [(0, pad), (0, 0), (0, 0), (0, 0)]))
+      features.append(np.asarray(f)[:len(x)])
+      logits.append(np.asarray(l)[:len(x)])
+    return np.concatenate(features), np.concatenate(logits)
+
+
+def dataset_images(config, split: str, num: int) -> np.ndarray:
+  """Up to `num` images of the dataset's split, preprocessed as for training."""
+  import tensorflow_datasets as tfds
+  builder = input_pipeline.get_builder(config)
+  ds = builder.as_dataset(split=split).take(num)
+  ds = ds.map(lambda ex: input_pipeline.preprocess(ex, config.image_size)['image'])
+  return np.concatenate(list(tfds.as_numpy(ds.batch(1000))))
+
+
+def reference_statistics(config, extractor: Extractor, split: str, num: int,
+                         cache_dir: str) -> dict:
+  """mu, sigma and (up to KID_FEATURES) features of the dataset, computed once
+  and cached in cache_dir."""
+  name = f'{config.dataset.replace("/", "_").replace(":", "_")}_{config.image_size}_' \
+         f'{extractor.kind}_{split}_{num}.npz'
+  path = os.path.join(cache_dir, name)
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as f:
+      return dict(f)
+  features, _ = extractor(dataset_images(config, split, num))
+  mu, sigma = metrics.moments(features)
+  stats = {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES]}
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(path, 'wb') as f:
+    np.savez(f, **stats)
+  logging.info('Reference statistics of %d %s images: %s', len(features), config.dataset, path)
+  return stats
+
+
+def generate(generator, variables, config, mesh, num: int, batch_size: int, seed: int):
+  """num samples (uint8) with classes in turn, and their labels; a progress line per batch."""
+  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+  apply = jax.jit(lambda v, z, y: sampling.to_uint8_device(generator.apply(v, z, y, train=False)),
+                  in_shardings=(replicated, split, split), out_shardings=replicated)
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  key = jax.random.PRNGKey(seed)
+  progress = logs.Progress('generated', num, 'images')
+  images, labels = [], np.arange(num, dtype=np.int32) % config.num_classes
+  for i, start in enumerate(range(0, num, batch_size)):
+    y = np.resize(labels[start:start + batch_size], batch_size)  # the last batch padded
+    z = jax.random.normal(jax.random.fold_in(key, i), (batch_size, config.z_dim))
+    images.append(np.asarray(apply(variables, z, y))[:num - start])
+    if (i + 1) % 10 == 0 or start + batch_size >= num:
+      logging.info(progress.line(min(start + batch_size, num)))
+  return np.concatenate(images), labels
+
+
+def evaluate(generator, variables, config, extractor: Extractor, reference: dict, num: int,
+             batch_size: int = 256, seed: int = 0) -> dict:
+  """FID (against `reference`), IS and KID of `num` samples; with the
+  classifier also the accuracy of the samples' classes."""
+  start = time.time()
+  images, labels = generate(generator, variables, config, extractor.mesh, num, batch_size, seed)
+  generated = time.time()
+  features, logits = extractor(images, batch_size)
+  extracted = time.time()
+  mu, sigma = metrics.moments(features)
+  # With the classifier these are not FID/IS/KID (not Inception's features): other names.
+  fid, is_, kid = (('fid', 'is', 'kid') if extractor.kind == 'inception' else
+                   ('frechet_distance', 'classifier_score', 'kernel_distance'))
+  result = {'num_samples': num,
+            fid: metrics.frechet_distance(mu, sigma, reference['mu'], reference['sigma'])}
+  result[is_], result[is_ + '_std'] = metrics.inception_score(logits)
+  result[kid], result[kid + '_std'] = metrics.kernel_inception_distance(
+      features, reference['features'], subsets=10, subset_size=min(1000, num))
+  if extractor.kind == 'classifier':
+    result['class_accuracy'] = float((logits.argmax(-1) == labels).mean())
+  result.update(generate_images_per_s=num / (generated - start),
+                extract_images_per_s=num / (extracted - generated),
+                seconds=time.time() - start)
+  return result

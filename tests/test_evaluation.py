@@ -1,0 +1,54 @@
+"""The embedded dataset's classifier, the evaluation path and --mode=eval."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from sagan_jax import classifier, evaluation, modes, train
+
+
+@pytest.fixture(scope='module')
+def classifier_weights(tfds_dir, tmp_path_factory):
+  params, accuracy = classifier.train(tfds_dir, steps=60)
+  assert accuracy > 0.5  # 10 classes; 60 steps already separate most of them
+  path = str(tmp_path_factory.mktemp('classifier') / 'weights.npz')
+  classifier.save(params, path)
+  return path
+
+
+def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weights, tmp_path):
+  options = modes.Options(num_samples=48, batch_size=16, classifier_weights=classifier_weights,
+                          out=str(tmp_path / 'a'))
+  [path] = modes.evaluate(runs[1], options)
+  result = json.load(open(path))
+  assert path.endswith('classifier_ema_0000004.json')
+  assert result['step'] == 4 and result['num_samples'] == 48
+  assert result['frechet_distance'] > 0 and 0 <= result['class_accuracy'] <= 1
+  assert 1 <= result['classifier_score'] <= 10
+  options.out = str(tmp_path / 'b')
+  again = json.load(open(modes.evaluate(runs[1], options)[0]))
+  for key in ('frechet_distance', 'classifier_score', 'kernel_distance', 'class_accuracy'):
+    assert again[key] == result[key], key
+
+
+def test_frechet_distance_of_real_images_is_small_and_of_noise_large(tfds_dir, runs,
+                                                                     classifier_weights):
+  from tiny_config import shapes_config
+  config = shapes_config(tfds_dir)
+  extractor = evaluation.Extractor('classifier', classifier_weights, train.make_mesh(), 10)
+  reference = evaluation.reference_statistics(config, extractor, 'train', 1000, runs[1])
+  test_features, _ = extractor(evaluation.dataset_images(config, 'test', 1000))
+  noise = np.random.default_rng(0).integers(0, 256, (1000, 32, 32, 3), np.uint8)
+  noise_features, _ = extractor(noise)
+  from sagan_jax import metrics
+  fd = lambda f: metrics.frechet_distance(*metrics.moments(f), reference['mu'],
+                                          reference['sigma'])
+  assert fd(test_features) * 10 < fd(noise_features)
+
+
+def test_eval_without_weights_says_how_to_get_them(runs, tmp_path):
+  with pytest.raises(modes.ModeError, match='python -m sagan_jax.classifier'):
+    modes.evaluate(runs[1], modes.Options(classifier_weights=str(tmp_path / 'none.npz')))
+  with pytest.raises(modes.ModeError, match='python -m sagan_jax.convert_inception'):
+    modes.evaluate(runs[1], modes.Options(features='inception'))
