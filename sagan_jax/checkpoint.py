@@ -14,7 +14,9 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -180,3 +182,29 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
   variables = {'params': restored[params], 'batch_stats': restored['g_batch_stats'],
                'spectral': restored['g_spectral']}
   return variables, config, step
+
+
+# Weight files of the fixed networks of evaluation (Inception, the classifier):
+# one .npz of arrays named by their '/'-joined parameter path, read without pickle.
+
+def flatten(params) -> dict:
+  return {'/'.join(p.key for p in path): x
+          for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def save_weights(params, path: str) -> None:
+  with epath.Path(path).open('wb') as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
+
+
+def load_weights(path: str) -> dict:
+  """The nested params of a file save_weights (or convert_inception) wrote."""
+  params = {}
+  with epath.Path(path).open('rb') as f, np.load(f, allow_pickle=False) as arrays:
+    for key, value in arrays.items():
+      node = params
+      *parents, leaf = key.split('/')
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = jnp.asarray(value)
+  return params

@@ -15,6 +15,8 @@ import optax
 from absl import app, flags, logging
 from flax import linen as nn
 
+from sagan_jax import checkpoint
+
 FEATURES = 128
 
 
@@ -39,25 +41,14 @@ def default_path(data_dir: str) -> str:
 
 
 def save(params, path: str) -> None:
-  flat = {'/'.join(p.key for p in path): np.asarray(x)
-          for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-  with open(path, 'wb') as f:
-    np.savez(f, **flat)
+  checkpoint.save_weights(params, path)
 
 
 def load(path: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f'no classifier weights at {path}: train them once with '
                             f'python -m sagan_jax.classifier --data_dir=<TFDS data dir>')
-  params = {}
-  with np.load(path, allow_pickle=False) as f:
-    for key, value in f.items():
-      node = params
-      *parents, leaf = key.split('/')
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(value)
-  return params
+  return checkpoint.load_weights(path)
 
 
 def split_arrays(data_dir: str, split: str):

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from sagan_jax import checkpoint
+
 HIGHEST = jax.lax.Precision.HIGHEST
 SIZE = 299
 
@@ -200,21 +202,13 @@ def load_params(path: str) -> dict:
   against the network's shapes."""
   expected = jax.eval_shape(lambda: InceptionV3().init(jax.random.PRNGKey(0),
                                                        jnp.zeros((1, SIZE, SIZE, 3))))['params']
-  flat = {'/'.join(p.key for p in path): x
-          for path, x in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  with np.load(path, allow_pickle=False) as f:
-    arrays = dict(f)
+  flat = checkpoint.flatten(expected)
+  params = checkpoint.load_weights(path)
+  arrays = checkpoint.flatten(params)
   missing, extra = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
   wrong = [k for k in flat if k in arrays and arrays[k].shape != flat[k].shape]
   if missing or extra or wrong:
     raise ValueError(f'{path} is not a converted FID Inception file: missing {missing[:3]}, '
                      f'unexpected {extra[:3]}, wrong shapes {wrong[:3]}; write it with '
                      'python -m sagan_jax.convert_inception')
-  params = {}
-  for key, value in arrays.items():
-    node = params
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value)
   return params
