@@ -32,6 +32,8 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention
                   'train, or look at the latest (or --step) checkpoint in --workdir.')
 # Options of the sample, interpolate and attention modes (sagan_jax/modes.py).
 flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
+flags.DEFINE_bool('best', False, 'Load from WORKDIR/checkpoints_best (the best evaluated G of '
+                  'training with eval_every_steps).')
 flags.DEFINE_enum('generator', 'ema', ['ema', 'raw'], 'EMA or raw generator weights.')
 flags.DEFINE_string('classes', '', "Classes: '3,5,7', 'all', or '' for the config's first "
                     'sample_classes.')

@@ -36,8 +36,9 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
-def checkpoint_dir(workdir: str) -> epath.Path:
-  return epath.Path(workdir) / 'checkpoints'
+def checkpoint_dir(workdir: str, best: bool = False) -> epath.Path:
+  """workdir/checkpoints (the latest ones), or workdir/checkpoints_best."""
+  return epath.Path(workdir) / ('checkpoints_best' if best else 'checkpoints')
 
 
 # The data position: tf.data saves its own iterators, one per process.
@@ -75,18 +76,25 @@ class DataPositionRestore(ocp.args.CheckpointArgs):
 
 # Writing
 
-def make_manager(workdir: str, config=None) -> ocp.CheckpointManager:
-  """The manager of workdir/checkpoints; `config` sets how many to keep (None: read only)."""
+def make_manager(workdir: str, config=None, best: bool = False) -> ocp.CheckpointManager:
+  """The manager of workdir/checkpoints, keeping the latest config.checkpoints_to_keep;
+  with best=True of workdir/checkpoints_best, keeping the one of least
+  metrics['distance']; read only without a config."""
+  if config is None:
+    policy = None
+  elif best:  # BestN keeps the last n after sorting; reverse: the smallest distance last
+    policy = ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['distance'], reverse=True,
+                                           n=1)
+  else:
+    policy = ocp.checkpoint_managers.LatestN(config.checkpoints_to_keep)
   options = ocp.CheckpointManagerOptions(
-      create=config is not None, read_only=config is None,
-      enable_async_checkpointing=True, cleanup_tmp_directories=config is not None,
-      preservation_policy=(ocp.checkpoint_managers.LatestN(config.checkpoints_to_keep)
-                           if config is not None else None))
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+      create=config is not None, read_only=config is None, enable_async_checkpointing=True,
+      cleanup_tmp_directories=config is not None, preservation_policy=policy)
+  return ocp.CheckpointManager(checkpoint_dir(workdir, best), options=options,
                                item_names=('state', 'data', 'meta'))
 
 
-def save(manager: ocp.CheckpointManager, state, data, config) -> bool:
+def save(manager: ocp.CheckpointManager, state, data, config, metrics=None) -> bool:
   """Starts an asynchronous save of `state` at its step (the device-to-host copy
   is done when this returns, so the state may be donated). False if that step
   is saved already."""
@@ -94,7 +102,7 @@ def save(manager: ocp.CheckpointManager, state, data, config) -> bool:
   if step in manager.all_steps():
     return False
   meta = {'config': config.to_dict(), 'num_processes': jax.process_count()}
-  return manager.save(step, force=True, args=ocp.args.Composite(
+  return manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=DataPositionSave(data),
       meta=ocp.args.JsonSave(meta)))
 
@@ -110,12 +118,12 @@ def _abstract(tree, mesh):
 def _step_or_latest(manager, workdir: str, step: int | None) -> int:
   steps = manager.all_steps()
   if not steps:
-    raise CheckpointError(f'no checkpoint in {checkpoint_dir(workdir)}: train first with '
+    raise CheckpointError(f'no checkpoint in {manager.directory}: train first with '
                           f'python main.py --config=... --workdir={workdir}')
   if step is None:
     return max(steps)
   if step not in steps:
-    raise CheckpointError(f'no checkpoint of step {step} in {checkpoint_dir(workdir)}; '
+    raise CheckpointError(f'no checkpoint of step {step} in {manager.directory}; '
                           f'saved steps: {sorted(steps)}')
   return step
 
@@ -155,17 +163,18 @@ def restore_for_training(manager, workdir: str, config, abstract_state, data):
   return restored.state
 
 
-def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = True):
+def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = True,
+                      best: bool = False):
   """(G's variables {'params', 'batch_stats', 'spectral'}, the run's config, step)
   from a checkpoint (the latest by default), replicated on `mesh` whatever the
   device count it was written with. Only G's arrays are read: the EMA weights,
   or the raw ones with ema=False."""
   from sagan_jax.models import make_models
   from sagan_jax.train import create_train_state
-  if not checkpoint_dir(workdir).exists():
-    raise CheckpointError(f'no checkpoint in {workdir}: {checkpoint_dir(workdir)} does not '
-                          'exist (is --workdir the directory training wrote to?)')
-  manager = make_manager(workdir)
+  if not checkpoint_dir(workdir, best).exists():
+    raise CheckpointError(f'no checkpoint in {workdir}: {checkpoint_dir(workdir, best)} does '
+                          'not exist (is --workdir the directory training wrote to?)')
+  manager = make_manager(workdir, best=best)
   step = _step_or_latest(manager, workdir, step)
   config = ml_collections.ConfigDict(read_meta(manager, step)['config'])
   generator, discriminator = make_models(config)

@@ -58,6 +58,13 @@ def default_config() -> ml_collections.ConfigDict:
   # Checkpoints (workdir/checkpoints; a restart resumes from the latest)
   c.checkpoint_every_steps = 5_000
   c.checkpoints_to_keep = 3  # the latest N
+  # Evaluation during training (python main.py --mode=eval evaluates any checkpoint)
+  c.eval_every_steps = 0  # 0: never; else raw and EMA G, and the best EMA kept apart
+  c.eval_num_samples = 10_000
+  c.eval_features = ''  # 'inception' (FID, IS, KID) or 'classifier'; '': the classifier
+  #   for the embedded dataset, Inception otherwise
+  c.inception_weights = ''  # the .npz of python -m sagan_jax.convert_inception
+  c.classifier_weights = ''  # '': DATA_DIR/sagan_shapes_classifier.npz
   # Logging and samples
   c.log_every_steps = 100
   c.sample_every_steps = 5_000  # sample grid PNGs (raw and EMA G) into workdir/samples
@@ -120,6 +127,10 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   for field in ('adam_b1', 'adam_b2', 'ema_decay', 'bn_momentum'):
     _check(0 <= c[field] < 1, field, c[field], 'a number in [0, 1)')
   _check(c.ema_start_step >= 0, 'ema_start_step', c.ema_start_step, 'an integer >= 0')
+  _check(c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps, 'an integer >= 0')
+  _check(c.eval_num_samples >= 2, 'eval_num_samples', c.eval_num_samples, 'an integer >= 2')
+  _check(c.eval_features in ('', 'inception', 'classifier'), 'eval_features', c.eval_features,
+         "'', 'inception' or 'classifier'")
   _check(c.batch_size >= 1 and c.batch_size % num_devices == 0, 'batch_size', c.batch_size,
          f'a positive multiple of the device count ({num_devices})')
   _check(c.batch_size % num_processes == 0, 'batch_size', c.batch_size,

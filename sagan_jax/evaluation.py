@@ -53,6 +53,18 @@ class Extractor:
     return np.concatenate(features), np.concatenate(logits)
 
 
+def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
+                   classifier_weights: str = '') -> Extractor:
+  """The extractor for `config`'s dataset: `kind` or config.eval_features, else the
+  classifier for the embedded dataset and Inception otherwise."""
+  kind = kind or config.eval_features or (
+      'classifier' if config.dataset == 'sagan_shapes' else 'inception')
+  weights = ((inception_weights or config.inception_weights) if kind == 'inception' else
+             (classifier_weights or config.classifier_weights or
+              classifier.default_path(config.data_dir)))
+  return Extractor(kind, weights, mesh, config.num_classes)
+
+
 def dataset_images(config, split: str, num: int) -> np.ndarray:
   """Up to `num` images of the dataset's split, preprocessed as for training."""
   import tensorflow_datasets as tfds

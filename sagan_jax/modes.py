@@ -27,6 +27,7 @@ class ModeError(ValueError):
 @dataclasses.dataclass
 class Options:
   step: int | None = None  # checkpoint step; None: the latest
+  best: bool = False  # from WORKDIR/checkpoints_best (the best evaluated EMA G)
   generator: str = 'ema'  # 'ema' or 'raw' weights
   classes: str = ''  # '3,5,7', 'all', or '' for the config's first sample_classes
   per_class: int = 0  # images per class (grid columns); 0: config.samples_per_class
@@ -85,7 +86,7 @@ class Sampler:
       raise ModeError(f"--format={options.format!r}: 'png' or 'npz'")
     self.mesh = make_mesh()
     self.variables, self.config, self.step = checkpoint.restore_generator(
-        workdir, self.mesh, options.step, ema=options.generator == 'ema')
+        workdir, self.mesh, options.step, ema=options.generator == 'ema', best=options.best)
     self.generator = make_models(self.config)[0]
     self.key = jax.random.PRNGKey(options.seed)
     if options.standing_stats:
@@ -253,13 +254,12 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   from sagan_jax import evaluation
   s = Sampler(workdir, options)
   config = s.config
-  kind = options.features or ('classifier' if config.dataset == 'sagan_shapes' else 'inception')
-  weights = (options.inception_weights if kind == 'inception' else
-             options.classifier_weights or classifier_path(config))
   try:
-    extractor = evaluation.Extractor(kind, weights, s.mesh, config.num_classes)
+    extractor = evaluation.make_extractor(config, s.mesh, options.features,
+                                          options.inception_weights, options.classifier_weights)
   except FileNotFoundError as e:
     raise ModeError(str(e)) from None
+  kind = extractor.kind
   num = options.num_samples or 50_000
   reference = evaluation.reference_statistics(config, extractor, 'train', num,
                                               str(epath.Path(workdir) / 'reference_stats'))
@@ -270,11 +270,6 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   out.write_text(json.dumps(result, indent=1))
   print(json.dumps(result))
   return [str(out)]
-
-
-def classifier_path(config) -> str:
-  from sagan_jax import classifier
-  return classifier.default_path(config.data_dir)
 
 
 RUN = {'sample': sample, 'interpolate': interpolate, 'attention': attention, 'eval': evaluate}

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, input_pipeline, logs, sampling
-from sagan_jax.config import validate
+from sagan_jax.config import ConfigError, validate
 from sagan_jax.layers import spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.models import make_models
@@ -276,15 +276,50 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   mesh = make_mesh()
   generator, discriminator = make_models(config)
   replicated = NamedSharding(mesh, P())
+  evaluator = Evaluator(config, mesh, workdir, generator) if config.eval_every_steps else None
   manager = checkpoint.make_manager(workdir, config)
+  best = checkpoint.make_manager(workdir, config, best=True) if evaluator else None
   try:
-    return _train(config, workdir, data, mesh, generator, discriminator, replicated, manager)
+    return _train(config, workdir, data, mesh, generator, discriminator, replicated, manager,
+                  evaluator, best)
   finally:  # a save in flight completes, whatever stopped the loop
-    manager.wait_until_finished()
-    manager.close()
+    for m in (manager, best):
+      if m:
+        m.wait_until_finished()
+        m.close()
 
 
-def _train(config, workdir, data, mesh, generator, discriminator, replicated, manager):
+class Evaluator:
+  """In-training evaluation of the raw and EMA G (evaluation.py); set up, with
+  the reference statistics, before anything is compiled for training."""
+
+  def __init__(self, config, mesh, workdir, generator):
+    from sagan_jax import evaluation
+    self.config, self.generator, self.evaluation = config, generator, evaluation
+    try:
+      self.extractor = evaluation.make_extractor(config, mesh)
+    except FileNotFoundError as e:
+      raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
+    self.reference = evaluation.reference_statistics(
+        config, self.extractor, 'train', config.eval_num_samples,
+        str(epath.Path(workdir) / 'reference_stats'))
+    self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
+
+  def __call__(self, state: TrainState) -> dict:
+    """{'eval/ema/fid': ..., 'eval/raw/fid': ..., ...}."""
+    out = {}
+    for name, params in (('ema', state.ema_params), ('raw', state.g_params)):
+      variables = {'params': params, 'batch_stats': state.g_batch_stats,
+                   'spectral': state.g_spectral}
+      result = self.evaluation.evaluate(self.generator, variables, self.config, self.extractor,
+                                        self.reference, self.config.eval_num_samples,
+                                        seed=self.config.seed)
+      out.update({f'eval/{name}/{k}': v for k, v in result.items() if k != 'num_samples'})
+    return out
+
+
+def _train(config, workdir, data, mesh, generator, discriminator, replicated, manager, evaluator,
+           best):
   abstract = jax.eval_shape(
       lambda: create_train_state(config, generator, discriminator, jax.random.PRNGKey(0)))
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
@@ -345,6 +380,14 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
                               'g_lr': config.g_lr, 'd_lr': config.d_lr})
       if done % config.sample_every_steps == 0 or last:
         write_samples(state, done)
+      if evaluator and (done % config.eval_every_steps == 0 or last):
+        results = evaluator(state)
+        logging.info('eval at step %d | %s', done,
+                     ' '.join(f'{k} {v:.4f}' for k, v in results.items() if '_per_s' not in k))
+        writer.scalars(done, results)
+        if check_finite(state, config, workdir) == 0:  # kept if its EMA distance is the least
+          checkpoint.save(best, state, data, config,
+                          metrics={'distance': results[f'eval/ema/{evaluator.distance}']})
       preempted = preemption(done)
       if done % config.checkpoint_every_steps == 0 or last or preempted:
         # Periodic saves only from a healthy state, so that a run of skipped

@@ -1,5 +1,6 @@
 """The embedded dataset's classifier, the evaluation path and --mode=eval."""
 import json
+import os
 
 import jax
 import numpy as np
@@ -52,3 +53,24 @@ def test_eval_without_weights_says_how_to_get_them(runs, tmp_path):
     modes.evaluate(runs[1], modes.Options(classifier_weights=str(tmp_path / 'none.npz')))
   with pytest.raises(modes.ModeError, match='python -m sagan_jax.convert_inception'):
     modes.evaluate(runs[1], modes.Options(features='inception'))
+
+
+def test_training_evaluates_and_keeps_the_best_checkpoint_apart(tfds_dir, classifier_weights,
+                                                                  tmp_path):
+  from tiny_config import shapes_config
+  from sagan_jax import checkpoint
+  config = shapes_config(tfds_dir, num_train_steps=6, eval_every_steps=2, eval_num_samples=32,
+                         classifier_weights=classifier_weights, checkpoint_every_steps=2,
+                         checkpoints_to_keep=1)
+  train.train_and_evaluate(config, str(tmp_path))
+  lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  evals = {line['step']: line for line in lines if 'eval/ema/frechet_distance' in line}
+  assert sorted(evals) == [2, 4, 6]
+  assert all({'eval/raw/frechet_distance', 'eval/ema/class_accuracy'} <= set(e)
+             for e in evals.values())
+  best_step = min(evals, key=lambda s: evals[s]['eval/ema/frechet_distance'])
+  assert sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints_best') if n.isdigit()) == [
+      best_step]
+  assert sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit()) == [6]
+  _, _, step = checkpoint.restore_generator(str(tmp_path), train.make_mesh(), best=True)
+  assert step == best_step
