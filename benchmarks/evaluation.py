@@ -15,7 +15,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sagan_jax import checkpoint, classifier, evaluation, train  # noqa: E402
+from sagan_jax import checkpoint, classifier, evaluation, sampling, train  # noqa: E402
 from sagan_jax.models import make_models  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'A workdir of a quickstart run.')
@@ -60,6 +60,7 @@ def main(argv):
                                    config.num_classes)
   reference = evaluation.reference_statistics(
       config, extractor, 'train', FLAGS.num_samples, os.path.join(FLAGS.workdir, 'reference_stats'))
+  images = sampling.ImageSampler(generator, mesh)
   initial = train.init_train_state(config, generator, discriminator, mesh, config.seed)
   results = []
   for step in [0] + steps:
@@ -68,7 +69,7 @@ def main(argv):
                    'spectral': initial.g_spectral}
     else:
       variables, _, _ = checkpoint.restore_generator(FLAGS.workdir, mesh, step)
-    result = evaluation.evaluate(generator, variables, config, extractor, reference,
+    result = evaluation.evaluate(images, variables, config, extractor, reference,
                                  FLAGS.num_samples)
     results.append({'step': step, **result})
     print(json.dumps(results[-1]))

@@ -109,7 +109,7 @@ def save(manager: ocp.CheckpointManager, state, data, config, metrics=None) -> b
 
 # Reading
 
-def _abstract(tree, mesh):
+def abstract(tree, mesh):
   """ShapeDtypeStructs of `tree`'s leaves, replicated on `mesh`."""
   replicated = NamedSharding(mesh, P())
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
@@ -137,7 +137,7 @@ def differences(saved: dict, config, fields) -> list[str]:
   return [f'{f}: {saved.get(f)!r} -> {config[f]!r}' for f in fields if saved.get(f) != config[f]]
 
 
-def restore_for_training(manager, workdir: str, config, abstract_state, data):
+def restore_for_training(manager, config, abstract_state, data):
   """The latest training state on the mesh of `abstract_state` (ShapeDtypeStructs
   with shardings) and the data position restored into `data`; None if the
   workdir has no checkpoint. The config is checked before any array is read."""
@@ -148,7 +148,7 @@ def restore_for_training(manager, workdir: str, config, abstract_state, data):
   fixed = differences(meta['config'], config, FIXED_FIELDS)
   if fixed:
     raise CheckpointError(
-        f'the checkpoint of step {step} in {checkpoint_dir(workdir)} is of a different run; '
+        f'the checkpoint of step {step} in {manager.directory} is of a different run; '
         f'differing fields: {"; ".join(fixed)}. Use the checkpoint\'s values or a new --workdir')
   if meta['num_processes'] != jax.process_count():
     raise CheckpointError(
@@ -170,20 +170,19 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
   device count it was written with. Only G's arrays are read: the EMA weights,
   or the raw ones with ema=False."""
   from sagan_jax.models import make_models
-  from sagan_jax.train import create_train_state
   if not checkpoint_dir(workdir, best).exists():
     raise CheckpointError(f'no checkpoint in {workdir}: {checkpoint_dir(workdir, best)} does '
                           'not exist (is --workdir the directory training wrote to?)')
   manager = make_manager(workdir, best=best)
   step = _step_or_latest(manager, workdir, step)
   config = ml_collections.ConfigDict(read_meta(manager, step)['config'])
-  generator, discriminator = make_models(config)
-  shapes = jax.eval_shape(lambda: create_train_state(config, generator, discriminator,
-                                                     jax.random.PRNGKey(0)))
-  params = 'ema_params' if ema else 'g_params'
-  wanted = {params: shapes.ema_params, 'g_batch_stats': shapes.g_batch_stats,
-            'g_spectral': shapes.g_spectral}
-  wanted = _abstract(wanted, mesh)
+  generator = make_models(config)[0]
+  shapes = jax.eval_shape(lambda: generator.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),
+      train=False))
+  params = 'ema_params' if ema else 'g_params'  # same shapes: EMA and raw weights
+  wanted = abstract({params: shapes['params'], 'g_batch_stats': shapes['batch_stats'],
+                     'g_spectral': shapes['spectral']}, mesh)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
       partial_restore=True))).state

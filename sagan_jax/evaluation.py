@@ -94,32 +94,31 @@ def reference_statistics(config, extractor: Extractor, split: str, num: int,
   return stats
 
 
-def generate(generator, variables, config, mesh, num: int, batch_size: int, seed: int):
-  """num samples (uint8) with classes in turn, and their labels; a progress line per batch."""
-  replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  apply = jax.jit(lambda v, z, y: sampling.to_uint8_device(generator.apply(v, z, y, train=False)),
-                  in_shardings=(replicated, split, split), out_shardings=replicated)
-  batch_size = -(-batch_size // mesh.size) * mesh.size
+def generate(images: sampling.ImageSampler, variables, config, num: int, batch_size: int,
+             seed: int):
+  """num samples (uint8) with classes in turn, and their labels; every batch has
+  the same shape (the last one padded), so G is compiled once."""
+  batch_size = -(-batch_size // images.mesh.size) * images.mesh.size
   key = jax.random.PRNGKey(seed)
   progress = logs.Progress('generated', num, 'images')
-  images, labels = [], np.arange(num, dtype=np.int32) % config.num_classes
+  out, labels = [], np.arange(num, dtype=np.int32) % config.num_classes
   for i, start in enumerate(range(0, num, batch_size)):
-    y = np.resize(labels[start:start + batch_size], batch_size)  # the last batch padded
+    y = np.resize(labels[start:start + batch_size], batch_size)
     z = jax.random.normal(jax.random.fold_in(key, i), (batch_size, config.z_dim))
-    images.append(np.asarray(apply(variables, z, y))[:num - start])
+    out.append(images(variables, z, y)[:num - start])
     if (i + 1) % 10 == 0 or start + batch_size >= num:
       logging.info(progress.line(min(start + batch_size, num)))
-  return np.concatenate(images), labels
+  return np.concatenate(out), labels
 
 
-def evaluate(generator, variables, config, extractor: Extractor, reference: dict, num: int,
-             batch_size: int = 256, seed: int = 0) -> dict:
-  """FID (against `reference`), IS and KID of `num` samples; with the
-  classifier also the accuracy of the samples' classes."""
+def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extractor,
+             reference: dict, num: int, batch_size: int = 256, seed: int = 0) -> dict:
+  """FID (against `reference`), IS and KID of `num` samples of G (`images` with
+  `variables`); with the classifier also the accuracy of the samples' classes."""
   start = time.time()
-  images, labels = generate(generator, variables, config, extractor.mesh, num, batch_size, seed)
+  samples, labels = generate(images, variables, config, num, batch_size, seed)
   generated = time.time()
-  features, logits = extractor(images, batch_size)
+  features, logits = extractor(samples, batch_size)
   extracted = time.time()
   mu, sigma = metrics.moments(features)
   # With the classifier these are not FID/IS/KID (not Inception's features): other names.

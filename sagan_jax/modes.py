@@ -93,18 +93,13 @@ class Sampler:
       keys = jax.random.split(jax.random.fold_in(self.key, 1), options.standing_stats)
       self.variables = sampling.standing_statistics(self.generator, self.variables, self.config,
                                                     keys, options.batch_size)
-    replicated, split = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P('data'))
-    self._apply = jax.jit(lambda v, z, y: self.generator.apply(v, z, y, train=False),
-                          in_shardings=(replicated, split, split), out_shardings=replicated)
+    self.image_sampler = sampling.ImageSampler(self.generator, self.mesh)
     self._apply_with_maps = jax.jit(
         lambda v, z, y: self.generator.apply(v, z, y, train=False, mutable=['intermediates']),
-        out_shardings=replicated)
+        out_shardings=NamedSharding(self.mesh, P()))
 
   def images(self, z, y) -> np.ndarray:
-    """Generated in batches split over the devices (padded to a multiple of them)."""
-    n, pad = z.shape[0], -z.shape[0] % self.mesh.size
-    padding = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-    return sampling.to_uint8(self._apply(self.variables, padding(z), padding(y)))[:n]
+    return self.image_sampler(self.variables, z, y)
 
   def images_and_weights(self, z, y):
     """(uint8 images, {block name: beta [n, N, M]}) for every attention block of G."""
@@ -263,7 +258,7 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   num = options.num_samples or 50_000
   reference = evaluation.reference_statistics(config, extractor, 'train', num,
                                               str(epath.Path(workdir) / 'reference_stats'))
-  result = evaluation.evaluate(s.generator, s.variables, config, extractor, reference, num,
+  result = evaluation.evaluate(s.image_sampler, s.variables, config, extractor, reference, num,
                                options.batch_size, options.seed)
   result = {'step': s.step, 'generator': options.generator, 'features': kind, **result}
   out = _out_dir(workdir, 'eval', options) / f'{kind}_{options.generator}_{s.step:07d}.json'

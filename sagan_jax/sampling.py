@@ -3,6 +3,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 
@@ -14,12 +16,6 @@ def grid_latents(config, seed: int):
   return z, labels
 
 
-def generate(generator, params, batch_stats, spectral, z, labels):
-  """Images in [-1, 1] with G in inference mode (moving BN statistics, u left as is)."""
-  return generator.apply({'params': params, 'batch_stats': batch_stats, 'spectral': spectral},
-                         z, labels, train=False)
-
-
 def to_uint8_device(images) -> jax.Array:
   """[-1, 1] -> uint8 [0, 255], on the device."""
   return jnp.clip(jnp.round((images + 1) * 127.5), 0, 255).astype(jnp.uint8)
@@ -27,6 +23,23 @@ def to_uint8_device(images) -> jax.Array:
 
 def to_uint8(images) -> np.ndarray:
   return np.asarray(to_uint8_device(images))
+
+
+class ImageSampler:
+  """G in inference mode -> uint8 images, compiled once: (variables, z, y) with
+  the batch split over the mesh (padded to a multiple of its devices), the
+  images gathered to every process."""
+
+  def __init__(self, generator, mesh):
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    self.mesh = mesh
+    self._apply = jax.jit(lambda v, z, y: to_uint8_device(generator.apply(v, z, y, train=False)),
+                          in_shardings=(replicated, split, split), out_shardings=replicated)
+
+  def __call__(self, variables, z, y) -> np.ndarray:
+    n, pad = z.shape[0], -z.shape[0] % self.mesh.size
+    padding = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return np.asarray(self._apply(variables, padding(z), padding(y)))[:n]
 
 
 def make_grid(images: np.ndarray, rows: int) -> np.ndarray:

@@ -275,12 +275,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   data = input_pipeline.create_train_iterator(config)  # a missing dataset fails here, early
   mesh = make_mesh()
   generator, discriminator = make_models(config)
-  replicated = NamedSharding(mesh, P())
-  evaluator = Evaluator(config, mesh, workdir, generator) if config.eval_every_steps else None
+  image_sampler = sampling.ImageSampler(generator, mesh)  # sample grids and evaluation
+  evaluator = Evaluator(config, mesh, workdir, image_sampler) if config.eval_every_steps else None
   manager = checkpoint.make_manager(workdir, config)
   best = checkpoint.make_manager(workdir, config, best=True) if evaluator else None
   try:
-    return _train(config, workdir, data, mesh, generator, discriminator, replicated, manager,
+    return _train(config, workdir, data, mesh, generator, discriminator, image_sampler, manager,
                   evaluator, best)
   finally:  # a save in flight completes, whatever stopped the loop
     for m in (manager, best):
@@ -293,9 +293,10 @@ class Evaluator:
   """In-training evaluation of the raw and EMA G (evaluation.py); set up, with
   the reference statistics, before anything is compiled for training."""
 
-  def __init__(self, config, mesh, workdir, generator):
+  def __init__(self, config, mesh, workdir, image_sampler):
     from sagan_jax import evaluation
-    self.config, self.generator, self.evaluation = config, generator, evaluation
+    self.config, self.evaluation = config, evaluation
+    self.images = image_sampler
     try:
       self.extractor = evaluation.make_extractor(config, mesh)
     except FileNotFoundError as e:
@@ -311,20 +312,19 @@ class Evaluator:
     for name, params in (('ema', state.ema_params), ('raw', state.g_params)):
       variables = {'params': params, 'batch_stats': state.g_batch_stats,
                    'spectral': state.g_spectral}
-      result = self.evaluation.evaluate(self.generator, variables, self.config, self.extractor,
+      result = self.evaluation.evaluate(self.images, variables, self.config, self.extractor,
                                         self.reference, self.config.eval_num_samples,
                                         seed=self.config.seed)
       out.update({f'eval/{name}/{k}': v for k, v in result.items() if k != 'num_samples'})
     return out
 
 
-def _train(config, workdir, data, mesh, generator, discriminator, replicated, manager, evaluator,
-           best):
-  abstract = jax.eval_shape(
+def _train(config, workdir, data, mesh, generator, discriminator, image_sampler, manager,
+           evaluator, best):
+  shapes = jax.eval_shape(
       lambda: create_train_state(config, generator, discriminator, jax.random.PRNGKey(0)))
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          abstract)
-  state = checkpoint.restore_for_training(manager, workdir, config, abstract, data)
+  state = checkpoint.restore_for_training(manager, config, checkpoint.abstract(shapes, mesh),
+                                          data)
   if state is None:
     state = init_train_state(config, generator, discriminator, mesh, config.seed)
   else:
@@ -337,8 +337,6 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
   if is_main:
     sample_dir.mkdir(parents=True, exist_ok=True)
   z, labels = sampling.grid_latents(config, config.seed + 1)
-  sample = jax.jit(lambda params, batch_stats, spectral: sampling.generate(
-      generator, params, batch_stats, spectral, z, labels), out_shardings=replicated)
   writer = logs.MetricWriter(workdir, enabled=is_main)
 
   def write_samples(state, step: int):
@@ -346,7 +344,8 @@ def _train(config, workdir, data, mesh, generator, discriminator, replicated, ma
     rows = min(config.sample_classes, config.num_classes)
     grids = {}
     for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
-      images = sampling.to_uint8(sample(params, state.g_batch_stats, state.g_spectral))
+      images = image_sampler({'params': params, 'batch_stats': state.g_batch_stats,
+                              'spectral': state.g_spectral}, z, labels)
       if is_main:
         grids[f'samples/{name}'] = sampling.save_grid(images, rows,
                                                       sample_dir / f'{step:07d}_{name}.png')
