@@ -58,6 +58,8 @@ flags.DEFINE_string('inception_weights', '', 'eval: the .npz python -m '
                     'sagan_jax.convert_inception wrote.')
 flags.DEFINE_string('classifier_weights', '', 'eval: weights of python -m sagan_jax.classifier '
                     '(default: DATA_DIR/sagan_shapes_classifier.npz).')
+flags.DEFINE_string('intra_class', '', "eval: also intra-class FID of these classes, '3,5,7' or "
+                    "'all' (default: the config's eval_intra_class).")
 flags.mark_flags_as_required(['workdir'])
 
 

@@ -58,8 +58,10 @@ def main(argv):
   generator, discriminator = make_models(config)
   extractor = evaluation.Extractor('classifier', classifier.default_path(config.data_dir), mesh,
                                    config.num_classes)
-  reference = evaluation.reference_statistics(
-      config, extractor, 'train', FLAGS.num_samples, os.path.join(FLAGS.workdir, 'reference_stats'))
+  cache = os.path.join(FLAGS.workdir, 'reference_stats')
+  reference = evaluation.reference_statistics(config, extractor, 'train', FLAGS.num_samples, cache)
+  classes = list(range(config.num_classes))  # intra-class distances of every class
+  class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache)
   images = sampling.ImageSampler(generator, mesh)
   initial = train.init_train_state(config, generator, discriminator, mesh, config.seed)
   results = []
@@ -70,7 +72,7 @@ def main(argv):
     else:
       variables, _, _ = checkpoint.restore_generator(FLAGS.workdir, mesh, step)
     result = evaluation.evaluate(images, variables, config, extractor, reference,
-                                 FLAGS.num_samples)
+                                 FLAGS.num_samples, class_ref=class_ref, classes=classes)
     results.append({'step': step, **result})
     print(json.dumps(results[-1]))
   if FLAGS.inception_images:

@@ -15,13 +15,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from sagan_jax.config import default_config
 
 # Fields a run cannot change and still be the same run: they fix the shapes of
 # the state, or the data stream whose position is restored.
@@ -175,7 +176,9 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
                           'not exist (is --workdir the directory training wrote to?)')
   manager = make_manager(workdir, best=best)
   step = _step_or_latest(manager, workdir, step)
-  config = ml_collections.ConfigDict(read_meta(manager, step)['config'])
+  # Today's defaults under the saved fields: a field added since the run has its default.
+  config = default_config()
+  config.update({k: v for k, v in read_meta(manager, step)['config'].items() if k in config})
   generator = make_models(config)[0]
   shapes = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),

@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_num_samples = 10_000
   c.eval_features = ''  # 'inception' (FID, IS, KID) or 'classifier'; '': the classifier
   #   for the embedded dataset, Inception otherwise
+  c.eval_intra_class = ''  # also intra-class FID of these classes: '3,5,7' or 'all'; '': no
   c.inception_weights = ''  # the .npz of python -m sagan_jax.convert_inception
   c.classifier_weights = ''  # '': DATA_DIR/sagan_shapes_classifier.npz
   # Logging and samples
@@ -71,6 +72,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample_classes = 10  # rows of the grid: the first N classes
   c.samples_per_class = 8  # columns of the grid
   return c
+
+
+def class_indices(spec: str, num_classes: int) -> list[int]:
+  """'all' or '3,5,7' -> class indices; ValueError saying what is wrong otherwise."""
+  if spec == 'all':
+    return list(range(num_classes))
+  try:
+    classes = [int(c) for c in spec.split(',')]
+  except ValueError:
+    raise ValueError('give class indices like 3,5,7, or all') from None
+  bad = [c for c in classes if not 0 <= c < num_classes]
+  if bad:
+    raise ValueError(f'class {bad[0]} is out of range; this model has {num_classes} classes, '
+                     f'0 to {num_classes - 1}')
+  return classes
 
 
 class ConfigError(ValueError):
@@ -131,6 +147,13 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.eval_num_samples >= 2, 'eval_num_samples', c.eval_num_samples, 'an integer >= 2')
   _check(c.eval_features in ('', 'inception', 'classifier'), 'eval_features', c.eval_features,
          "'', 'inception' or 'classifier'")
+  if c.eval_intra_class:
+    try:
+      class_indices(c.eval_intra_class, c.num_classes)
+    except ValueError as e:
+      raise ConfigError(f'config.eval_intra_class={c.eval_intra_class!r}: {e}') from None
+    _check(c.eval_num_samples >= 2 * c.num_classes, 'eval_num_samples', c.eval_num_samples,
+           f'at least 2 samples per class ({2 * c.num_classes}) for intra-class FID')
   _check(c.batch_size >= 1 and c.batch_size % num_devices == 0, 'batch_size', c.batch_size,
          f'a positive multiple of the device count ({num_devices})')
   _check(c.batch_size % num_processes == 0, 'batch_size', c.batch_size,

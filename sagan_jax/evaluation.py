@@ -6,6 +6,7 @@ devices; the statistics are computed on the host in float64 (metrics.py).
 """
 import os
 import time
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -65,33 +66,95 @@ def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
   return Extractor(kind, weights, mesh, config.num_classes)
 
 
-def dataset_images(config, split: str, num: int) -> np.ndarray:
-  """Up to `num` images of the dataset's split, preprocessed as for training."""
+def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: int = 1000):
+  """(uint8 images, int32 labels) batches of the split, preprocessed as for
+  training: its first `num` examples (0: all), or only those of `classes`
+  (filtered before the images are decoded)."""
+  import tensorflow as tf
   import tensorflow_datasets as tfds
   builder = input_pipeline.get_builder(config)
-  ds = builder.as_dataset(split=split).take(num)
-  ds = ds.map(lambda ex: input_pipeline.preprocess(ex, config.image_size)['image'])
-  return np.concatenate(list(tfds.as_numpy(ds.batch(1000))))
+  image = builder.info.features['image']
+  ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  if classes is not None:
+    wanted = tf.constant(classes, tf.int64)
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.cast(ex['label'], tf.int64) == wanted))
+  if num:
+    ds = ds.take(num)
+  ds = ds.map(lambda ex: input_pipeline.preprocess(
+      dict(ex, image=image.decode_example(ex['image'])), config.image_size),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  for batch in tfds.as_numpy(ds.batch(batch_size).prefetch(2)):
+    yield batch['image'], batch['label']
+
+
+def dataset_images(config, split: str, num: int) -> np.ndarray:
+  """Up to `num` images of the dataset's split, preprocessed as for training."""
+  return np.concatenate([images for images, _ in dataset_batches(config, split, num)])
+
+
+def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute) -> dict:
+  """compute() -> dict of arrays, kept in cache_dir/DATASET_SIZE_FEATURES_NAME.npz."""
+  dataset = config.dataset.replace('/', '_').replace(':', '_').replace(os.sep, '_')
+  path = os.path.join(cache_dir, f'{dataset}_{config.image_size}_{extractor.kind}_{name}.npz')
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as f:
+      return dict(f)
+  stats = compute()
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(path, 'wb') as f:
+    np.savez(f, **stats)
+  logging.info('Reference statistics of %s: %s', config.dataset, path)
+  return stats
+
+
+def _extract(extractor: Extractor, batches, what: str, total: int | None = None):
+  """Features and labels of all (images, labels) batches, with a progress line."""
+  features, labels, progress = [], [], logs.Progress(what, total, 'images')
+  for i, (x, y) in enumerate(batches):
+    features.append(extractor(x)[0])
+    labels.append(y)
+    if (i + 1) % 10 == 0:
+      logging.info(progress.line(sum(map(len, labels))))
+  return np.concatenate(features), np.concatenate(labels)
 
 
 def reference_statistics(config, extractor: Extractor, split: str, num: int,
                          cache_dir: str) -> dict:
-  """mu, sigma and (up to KID_FEATURES) features of the dataset, computed once
-  and cached in cache_dir."""
-  name = f'{config.dataset.replace("/", "_").replace(":", "_")}_{config.image_size}_' \
-         f'{extractor.kind}_{split}_{num}.npz'
-  path = os.path.join(cache_dir, name)
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as f:
-      return dict(f)
-  features, _ = extractor(dataset_images(config, split, num))
-  mu, sigma = metrics.moments(features)
-  stats = {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES]}
-  os.makedirs(cache_dir, exist_ok=True)
-  with open(path, 'wb') as f:
-    np.savez(f, **stats)
-  logging.info('Reference statistics of %d %s images: %s', len(features), config.dataset, path)
-  return stats
+  """mu, sigma and (up to KID_FEATURES) features of the split's first `num`
+  images, computed once and cached in cache_dir."""
+  def compute():
+    features, _ = _extract(extractor, dataset_batches(config, split, num), 'reference', num)
+    mu, sigma = metrics.moments(features)
+    return {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES]}
+  return _cached(config, extractor, f'{split}_{num}', cache_dir, compute)
+
+
+def class_reference(config, extractor: Extractor, split: str, classes: list[int],
+                    cache_dir: str) -> dict:
+  """Features and labels of every image of `classes` in the split, for
+  intra-class FID; cached. The features, not per-class covariances: at
+  ImageNet's ~1,300 images per class they are the smaller of the two
+  (float32, 10 MB per class) and give the distance directly."""
+  classes = sorted(set(classes))
+  tag = 'all' if classes == list(range(config.num_classes)) else \
+      '_'.join(map(str, classes)) if len(classes) <= 8 else \
+      f'{len(classes)}_{zlib.crc32(str(classes).encode()):08x}'
+  def compute():
+    features, labels = _extract(extractor, dataset_batches(config, split, classes=classes),
+                                'class reference')
+    counts = np.bincount(labels, minlength=config.num_classes)
+    few = [c for c in classes if counts[c] < 2]
+    if few:
+      raise ValueError(f'class {few[0]} has {counts[few[0]]} image(s) in the {split} split; '
+                       'intra-class FID needs at least 2 per class: leave it out')
+    return {'features': features, 'labels': labels.astype(np.int32)}
+  return _cached(config, extractor, f'{split}_classes_{tag}', cache_dir, compute)
+
+
+def intra_class_distances(features, labels, reference: dict, classes) -> dict[int, float]:
+  """The Frechet distance of each class's generated and real features."""
+  return {int(c): metrics.frechet_distance_of_features(
+      features[labels == c], reference['features'][reference['labels'] == c]) for c in classes}
 
 
 def generate(images: sampling.ImageSampler, variables, config, num: int, batch_size: int,
@@ -112,9 +175,12 @@ def generate(images: sampling.ImageSampler, variables, config, num: int, batch_s
 
 
 def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extractor,
-             reference: dict, num: int, batch_size: int = 256, seed: int = 0) -> dict:
+             reference: dict, num: int, batch_size: int = 256, seed: int = 0,
+             class_ref: dict | None = None, classes=()) -> dict:
   """FID (against `reference`), IS and KID of `num` samples of G (`images` with
-  `variables`); with the classifier also the accuracy of the samples' classes."""
+  `variables`); with the classifier also the accuracy of the samples' classes;
+  with `class_ref` (class_reference) the intra-class FID of `classes`: their
+  mean, and each class's in a dict."""
   start = time.time()
   samples, labels = generate(images, variables, config, num, batch_size, seed)
   generated = time.time()
@@ -129,6 +195,10 @@ def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extrac
   result[is_], result[is_ + '_std'] = metrics.inception_score(logits)
   result[kid], result[kid + '_std'] = metrics.kernel_inception_distance(
       features, reference['features'], subsets=10, subset_size=min(1000, num))
+  if class_ref is not None:
+    per_class = intra_class_distances(features, labels, class_ref, classes)
+    result['intra_' + fid] = float(np.mean(list(per_class.values())))
+    result['intra_' + fid + '_classes'] = per_class
   if extractor.kind == 'classifier':
     result['class_accuracy'] = float((logits.argmax(-1) == labels).mean())
   result.update(generate_images_per_s=num / (generated - start),

@@ -14,9 +14,10 @@ def format_duration(seconds: float) -> str:
 class Progress:
   """'what done/total | rate, elapsed, ETA' lines; the rate is since the last line."""
 
-  def __init__(self, what: str, total: int, unit: str, done: int = 0,
+  def __init__(self, what: str, total: int | None, unit: str, done: int = 0,
                items: tuple[str, int] | None = None):
-    """`items` = (name, per unit) adds a second rate, e.g. ('images', batch size)."""
+    """`items` = (name, per unit) adds a second rate, e.g. ('images', batch size);
+    total None (not known in advance): no ETA."""
     self.what, self.total, self.unit, self.items = what, total, unit, items
     self._start = self._last_time = time.time()
     self._last_done = done
@@ -26,13 +27,15 @@ class Progress:
     now = time.time()
     self.rate = (done - self._last_done) / max(now - self._last_time, 1e-9)
     self._last_time, self._last_done = now, done
-    eta = (self.total - done) / self.rate if self.rate > 0 else float('inf')
+    eta = (self.total - done) / self.rate if self.rate > 0 and self.total else float('inf')
     eta = format_duration(eta) if eta != float('inf') else '?'
     rates = f'{self.rate:.2f} {self.unit}/s'
     if self.items:
       rates += f', {self.rate * self.items[1]:.0f} {self.items[0]}/s'
-    return (f'{self.what} {done}/{self.total} | {extra}{rates} | '
-            f'elapsed {format_duration(now - self._start)}, ETA {eta}')
+    elapsed = f'elapsed {format_duration(now - self._start)}'
+    if self.total is None:
+      return f'{self.what} {done} | {extra}{rates} | {elapsed}'
+    return f'{self.what} {done}/{self.total} | {extra}{rates} | {elapsed}, ETA {eta}'
 
 
 class MetricWriter:

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, logs, sampling
+from sagan_jax.config import class_indices
 from sagan_jax.models import make_models
 from sagan_jax.train import make_mesh
 
@@ -43,22 +44,16 @@ class Options:
   features: str = ''  # eval: 'inception', 'classifier'; '': classifier for the embedded dataset
   inception_weights: str = ''  # eval: the .npz convert_inception wrote
   classifier_weights: str = ''  # eval: '' = DATA_DIR/sagan_shapes_classifier.npz
+  intra_class: str = ''  # eval: intra-class FID of '3,5,7' or 'all'; '': config.eval_intra_class
 
 
-def parse_classes(spec: str, num_classes: int, default: int) -> list[int]:
-  if spec == 'all':
-    return list(range(num_classes))
+def parse_classes(spec: str, num_classes: int, default: int, flag: str = 'classes') -> list[int]:
   if not spec:
     return list(range(min(default, num_classes)))
   try:
-    classes = [int(c) for c in spec.split(',')]
-  except ValueError:
-    raise ModeError(f'--classes={spec!r}: give class indices like 3,5,7, or all') from None
-  bad = [c for c in classes if not 0 <= c < num_classes]
-  if bad:
-    raise ModeError(f'--classes={spec!r}: class {bad[0]} is out of range; this model has '
-                    f'{num_classes} classes, 0 to {num_classes - 1}')
-  return classes
+    return class_indices(spec, num_classes)
+  except ValueError as e:
+    raise ModeError(f'--{flag}={spec!r}: {e}') from None
 
 
 def parse_queries(spec: str, size: int) -> list[tuple[int, int]]:
@@ -256,10 +251,20 @@ def evaluate(workdir: str, options: Options) -> list[str]:
     raise ModeError(str(e)) from None
   kind = extractor.kind
   num = options.num_samples or 50_000
-  reference = evaluation.reference_statistics(config, extractor, 'train', num,
-                                              str(epath.Path(workdir) / 'reference_stats'))
+  spec = options.intra_class or config.get('eval_intra_class', '')
+  classes = parse_classes(spec, config.num_classes, 0, 'intra_class') if spec else []
+  if classes and num < 2 * config.num_classes:
+    raise ModeError(f'--intra_class needs at least 2 samples of each class: '
+                    f'--num_samples={2 * config.num_classes} or more')
+  cache = str(epath.Path(workdir) / 'reference_stats')
+  reference = evaluation.reference_statistics(config, extractor, 'train', num, cache)
+  try:
+    class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache) \
+        if classes else None
+  except ValueError as e:
+    raise ModeError(f'--intra_class={spec!r}: {e}') from None
   result = evaluation.evaluate(s.image_sampler, s.variables, config, extractor, reference, num,
-                               options.batch_size, options.seed)
+                               options.batch_size, options.seed, class_ref, classes)
   result = {'step': s.step, 'generator': options.generator, 'features': kind, **result}
   out = _out_dir(workdir, 'eval', options) / f'{kind}_{options.generator}_{s.step:07d}.json'
   out.write_text(json.dumps(result, indent=1))

@@ -35,10 +35,15 @@ def test_imagenet128_is_the_papers_setup():
     ('ch', 3, r'config.ch=3 .* multiples of 8'),
     ('ema_decay', 1.0, r'config.ema_decay=1.0 .* in \[0, 1\)'),
     ('attention_impl', 'cudnn', r"config.attention_impl='cudnn' .* needs an NVIDIA GPU"),
+    ('eval_intra_class', '3,10', r"config.eval_intra_class='3,10': class 10 is out of range; "
+                                 r'this model has 10 classes, 0 to 9'),
+    ('eval_num_samples', 19, r'config.eval_num_samples=19 .* at least 2 samples per class'),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, message):
   c = load_config('quickstart')
   c[field] = value
+  if field == 'eval_num_samples':
+    c.eval_intra_class = 'all'
   with pytest.raises(ConfigError, match=message):
     validate(c, num_devices=8)
 

@@ -48,6 +48,37 @@ def test_frechet_distance_of_real_images_is_small_and_of_noise_large(tfds_dir, r
   assert fd(test_features) * 10 < fd(noise_features)
 
 
+def test_intra_class_distances_compare_each_class_with_the_same_real_class(
+    tfds_dir, classifier_weights, tmp_path):
+  from tiny_config import shapes_config
+  config = shapes_config(tfds_dir)
+  extractor = evaluation.Extractor('classifier', classifier_weights, train.make_mesh(), 10)
+  reference = evaluation.class_reference(config, extractor, 'train', [3, 1], str(tmp_path))
+  labels = np.concatenate([y for _, y in evaluation.dataset_batches(config, 'train')])
+  np.testing.assert_array_equal(np.sort(reference['labels']),
+                                np.sort(labels[np.isin(labels, [1, 3])]))  # all, and only those
+  images, test_labels = next(evaluation.dataset_batches(config, 'test', classes=[1, 3]))
+  assert set(test_labels) == {1, 3}
+  features, _ = extractor(images)
+  right = evaluation.intra_class_distances(features, test_labels, reference, [1, 3])
+  swapped = evaluation.intra_class_distances(features, 4 - test_labels, reference, [1, 3])
+  assert max(right.values()) * 5 < min(swapped.values())
+
+
+def test_eval_mode_intra_class(runs, classifier_weights, tmp_path):
+  options = modes.Options(num_samples=40, batch_size=16, classifier_weights=classifier_weights,
+                          intra_class='3,1', out=str(tmp_path))
+  result = json.load(open(modes.evaluate(runs[1], options)[0]))
+  per_class = result['intra_frechet_distance_classes']
+  assert sorted(per_class) == ['1', '3'] and min(per_class.values()) > 0
+  assert result['intra_frechet_distance'] == pytest.approx(np.mean(list(per_class.values())))
+  for spec, num, message in (('12', 40, r"--intra_class='12': class 12 is out of range"),
+                             ('all', 19, r'at least 2 samples of each class: --num_samples=20')):
+    with pytest.raises(modes.ModeError, match=message):
+      modes.evaluate(runs[1], modes.Options(num_samples=num, intra_class=spec,
+                                            classifier_weights=classifier_weights))
+
+
 def test_eval_without_weights_says_how_to_get_them(runs, tmp_path):
   with pytest.raises(modes.ModeError, match='python -m sagan_jax.classifier'):
     modes.evaluate(runs[1], modes.Options(classifier_weights=str(tmp_path / 'none.npz')))
@@ -61,13 +92,13 @@ def test_training_evaluates_and_keeps_the_best_checkpoint_apart(tfds_dir, classi
   from sagan_jax import checkpoint
   config = shapes_config(tfds_dir, num_train_steps=6, eval_every_steps=2, eval_num_samples=32,
                          classifier_weights=classifier_weights, checkpoint_every_steps=2,
-                         checkpoints_to_keep=1)
+                         checkpoints_to_keep=1, eval_intra_class='0,1')
   train.train_and_evaluate(config, str(tmp_path))
   lines = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   evals = {line['step']: line for line in lines if 'eval/ema/frechet_distance' in line}
   assert sorted(evals) == [2, 4, 6]
-  assert all({'eval/raw/frechet_distance', 'eval/ema/class_accuracy'} <= set(e)
-             for e in evals.values())
+  assert all({'eval/raw/frechet_distance', 'eval/ema/class_accuracy',
+              'eval/ema/intra_frechet_distance'} <= set(e) for e in evals.values())
   best_step = min(evals, key=lambda s: evals[s]['eval/ema/frechet_distance'])
   assert sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints_best') if n.isdigit()) == [
       best_step]

@@ -41,6 +41,15 @@ def test_frechet_distance_matches_scipy_sqrtm(rank):
       scipy_fid(mu1, s1, mu2, s2), rel=1e-6)
 
 
+@pytest.mark.parametrize('n1, n2', [(30, 50), (5, 300), (200, 300)])  # n < d, mixed, n > d
+def test_frechet_distance_of_features_equals_the_moments_route(n1, n2):
+  rng = np.random.default_rng(n1)
+  f1 = rng.normal(size=(n1, 64)) @ rng.normal(size=(64, 64))
+  f2 = rng.normal(size=(n2, 64)) * 2 + 0.5
+  expected = scipy_fid(*metrics.moments(f1), *metrics.moments(f2))
+  assert metrics.frechet_distance_of_features(f1, f2) == pytest.approx(expected, rel=1e-6)
+
+
 def test_inception_score_matches_numpy_reference():
   logits = np.random.default_rng(1).normal(scale=3, size=(1000, 10))
   scores = []
