@@ -98,6 +98,20 @@ def test_restore_errors_say_what_is_missing(runs, tmp_path):
     checkpoint.restore_generator(runs[1], train.make_mesh(), step=3)
 
 
+def test_a_checkpoint_older_than_a_config_field_gets_its_default(runs, tmp_path):
+  import json
+  import shutil
+  old = tmp_path / 'old'
+  shutil.copytree(runs[1], old, ignore=shutil.ignore_patterns('compilation_cache'))
+  meta = old / 'checkpoints' / '4' / 'meta' / 'metadata'
+  saved = json.loads(meta.read_text())
+  assert saved['config']['eval_intra_class'] == ''
+  del saved['config']['eval_intra_class']  # as if written before the field existed
+  meta.write_text(json.dumps(saved))
+  _, config, _ = checkpoint.restore_generator(str(old), train.make_mesh())
+  assert config.eval_intra_class == '' and config.ch == 2  # default: '' and 64
+
+
 class Run:
   """main.py on the tiny config in a subprocess, its log lines collected as they come."""
 
