@@ -1,8 +1,14 @@
 """The FID Inception-v3, checked against Keras's Inception-v3 carrying the same
 random weights (offline), block by block where the two are the same network,
-plus the FID-specific pieces where they are not."""
+plus the FID-specific pieces where they are not; and, where torch and
+pytorch-fid are installed, against pytorch-fid's own network end to end."""
+import importlib.metadata
+import importlib.util
 import os
 import re
+import subprocess
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -164,3 +170,68 @@ def test_real_weights_classify_and_give_zero_fid_to_a_set_and_itself():
   assert features.shape == (16, 2048) and float(features.min()) >= 0  # after ReLU and a mean
   mu, sigma = metrics.moments(features)
   assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+
+
+def pytorch_fid_module():
+  """pytorch_fid.inception, or a skip. torchvision's compiled ops do not load with
+  torch's CPU-only wheel, but the Inception code pytorch-fid builds on is pure
+  Python: then torchvision is imported without its package __init__."""
+  pytest.importorskip('torch')
+  if not (importlib.util.find_spec('torchvision') and importlib.util.find_spec('pytorch_fid')):
+    pytest.skip('pip install torch torchvision pytorch-fid to compare with pytorch-fid')
+  try:
+    import torchvision  # noqa: F401
+  except RuntimeError:  # "operator torchvision::nms does not exist"
+    for name in [m for m in sys.modules if m.split('.')[0] == 'torchvision']:
+      del sys.modules[name]
+    stub = types.ModuleType('torchvision')
+    stub.__path__ = list(importlib.util.find_spec('torchvision').submodule_search_locations)
+    stub.__version__ = importlib.metadata.version('torchvision')
+    sys.modules['torchvision'] = stub
+  from pytorch_fid import inception as fid
+  return fid
+
+
+def test_outputs_equal_pytorch_fids(tmp_path, monkeypatch):
+  """pytorch-fid's own network (its FID blocks, its resize to 299 and scaling)
+  and ours, from one .pth through the converter command. The weights are random,
+  with random batch-norm statistics; with SAGAN_JAX_INCEPTION_PTH naming
+  pytorch-fid's real file they are the real ones, and this is the known-output
+  check of the real network."""
+  fid = pytorch_fid_module()
+  import torch
+  import torchvision
+  pth = os.environ.get('SAGAN_JAX_INCEPTION_PTH')
+  if not pth:
+    torch.manual_seed(0)  # torchvision's Inception-v3 has the FID network's names and shapes
+    state = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False,
+                                            init_weights=False).state_dict()
+    for name, value in state.items():
+      if name.endswith('running_var'):
+        value.uniform_(0.5, 2.0)
+      elif name.endswith(('running_mean', 'bn.bias')):
+        value.normal_(0.0, 0.1)
+      elif name.endswith('bn.weight'):
+        value.uniform_(0.5, 1.5)
+    pth = str(tmp_path / 'random.pth')
+    torch.save(state, pth)
+  monkeypatch.setattr(fid, 'load_state_dict_from_url',
+                      lambda *args, **kwargs: torch.load(pth, weights_only=True))
+  reference = fid.InceptionV3([3]).eval()  # pool features of images in [0, 1], any size
+  fc = torch.load(pth, weights_only=True)
+  images = np.random.default_rng(0).integers(0, 256, (4, 48, 64, 3), np.uint8)
+  with torch.no_grad():
+    want = reference(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)[0]
+  want_features = want[:, :, 0, 0].numpy().astype(np.float64)
+  want_logits = want_features @ fc['fc.weight'].numpy().T + fc['fc.bias'].numpy()
+
+  npz = str(tmp_path / 'inception.npz')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, '-m', 'sagan_jax.convert_inception', f'--pth={pth}',
+                  f'--out={npz}'], cwd=root, check=True, capture_output=True)
+  features, logits = jax.jit(lambda p, x: inception.InceptionV3().apply(
+      {'params': p}, inception.preprocess(x)))(inception.load_params(npz), jnp.asarray(images))
+  for ours, theirs in ((features, want_features), (logits, want_logits)):
+    ours = np.asarray(ours, np.float64)
+    error = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    assert error < 1e-4, error
