@@ -58,7 +58,7 @@ def main(argv):
   generator, discriminator = make_models(config)
   extractor = evaluation.Extractor('classifier', classifier.default_path(config.data_dir), mesh,
                                    config.num_classes)
-  cache = os.path.join(FLAGS.workdir, 'reference_stats')
+  cache = evaluation.reference_dir(config, FLAGS.workdir)
   reference = evaluation.reference_statistics(config, extractor, 'train', FLAGS.num_samples, cache)
   classes = list(range(config.num_classes))  # intra-class distances of every class
   class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache)

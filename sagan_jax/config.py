@@ -64,6 +64,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval_features = ''  # 'inception' (FID, IS, KID) or 'classifier'; '': the classifier
   #   for the embedded dataset, Inception otherwise
   c.eval_intra_class = ''  # also intra-class FID of these classes: '3,5,7' or 'all'; '': no
+  c.reference_dir = ''  # cached reference statistics; '': WORKDIR/reference_stats. One
+  #   directory can serve many runs: fill it once with python -m sagan_jax.evaluation
   c.inception_weights = ''  # the .npz of python -m sagan_jax.convert_inception
   c.classifier_weights = ''  # '': DATA_DIR/sagan_shapes_classifier.npz
   # Logging and samples

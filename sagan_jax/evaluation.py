@@ -11,7 +11,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
+from absl import app, flags, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -64,6 +64,10 @@ def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
              (classifier_weights or config.classifier_weights or
               classifier.default_path(config.data_dir)))
   return Extractor(kind, weights, mesh, config.num_classes)
+
+
+def reference_dir(config, workdir: str) -> str:
+  return config.get('reference_dir') or os.path.join(workdir, 'reference_stats')
 
 
 def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: int = 1000):
@@ -205,3 +209,39 @@ def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extrac
                 extract_images_per_s=num / (extracted - generated),
                 seconds=time.time() - start)
   return result
+
+
+def main(argv):
+  """Fills config.reference_dir with the statistics that runs of this config
+  will read: overall ones for --num_samples, and per class with --intra_class."""
+  del argv
+  from sagan_jax import train
+  from sagan_jax.config import class_indices, validate
+  f = flags.FLAGS
+  config = f.config
+  if not config.reference_dir:
+    raise app.UsageError('set --config.reference_dir=DIR, the directory runs will read it from')
+  validate(config, jax.device_count(), jax.process_count())
+  mesh = train.make_mesh()
+  extractor = make_extractor(config, mesh, f.features, f.inception_weights,
+                             f.classifier_weights)
+  reference_statistics(config, extractor, 'train', f.num_samples, config.reference_dir)
+  if f.intra_class:
+    class_reference(config, extractor, 'train',
+                    class_indices(f.intra_class, config.num_classes), config.reference_dir)
+  print(f'Reference statistics in {config.reference_dir}: '
+        f'{", ".join(sorted(os.listdir(config.reference_dir)))}')
+
+
+if __name__ == '__main__':  # flags only here: other modules import this one
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'The training config (dataset, image size).')
+  flags.DEFINE_integer('num_samples', 50_000, 'Images of the train split in the overall '
+                       'statistics: --num_samples of --mode=eval, or eval_num_samples.')
+  flags.DEFINE_string('intra_class', '', "Also every train image of these classes, for "
+                      "intra-class FID: '3,5,7' or 'all'.")
+  flags.DEFINE_enum('features', '', ['', 'inception', 'classifier'], 'As in --mode=eval.')
+  flags.DEFINE_string('inception_weights', '', 'As in --mode=eval.')
+  flags.DEFINE_string('classifier_weights', '', 'As in --mode=eval.')
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -256,7 +256,7 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   if classes and num < 2 * config.num_classes:
     raise ModeError(f'--intra_class needs at least 2 samples of each class: '
                     f'--num_samples={2 * config.num_classes} or more')
-  cache = str(epath.Path(workdir) / 'reference_stats')
+  cache = evaluation.reference_dir(config, workdir)
   reference = evaluation.reference_statistics(config, extractor, 'train', num, cache)
   try:
     class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache) \

@@ -301,7 +301,7 @@ class Evaluator:
       self.extractor = evaluation.make_extractor(config, mesh)
     except FileNotFoundError as e:
       raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
-    cache = str(epath.Path(workdir) / 'reference_stats')
+    cache = evaluation.reference_dir(config, workdir)
     self.reference = evaluation.reference_statistics(
         config, self.extractor, 'train', config.eval_num_samples, cache)
     self.classes = (class_indices(config.eval_intra_class, config.num_classes)

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from processes import single_device_env
 from sagan_jax import classifier, evaluation, modes, train
 
 
@@ -77,6 +78,26 @@ def test_eval_mode_intra_class(runs, classifier_weights, tmp_path):
     with pytest.raises(modes.ModeError, match=message):
       modes.evaluate(runs[1], modes.Options(num_samples=num, intra_class=spec,
                                             classifier_weights=classifier_weights))
+
+
+def test_reference_command_fills_the_directory_runs_read(tfds_dir, classifier_weights, tmp_path):
+  import subprocess
+  import sys
+  from tiny_config import ROOT, shapes_config
+  shared = tmp_path / 'shared'
+  subprocess.run([sys.executable, '-m', 'sagan_jax.evaluation', '--config=tests/tiny_config.py',
+                  f'--config.data_dir={tfds_dir}', f'--config.reference_dir={shared}',
+                  '--num_samples=500', '--intra_class=2', f'--classifier_weights={classifier_weights}'],
+                 cwd=ROOT, check=True, capture_output=True, env=single_device_env())
+  assert sorted(os.listdir(shared)) == ['sagan_shapes_32_classifier_train_500.npz',
+                                        'sagan_shapes_32_classifier_train_classes_2.npz']
+  config = shapes_config(tfds_dir, reference_dir=str(shared))
+  assert evaluation.reference_dir(config, str(tmp_path / 'run')) == str(shared)
+  extractor = evaluation.Extractor('classifier', classifier_weights, train.make_mesh(), 10)
+  fresh = evaluation.reference_statistics(config, extractor, 'train', 500, str(tmp_path / 'new'))
+  with np.load(shared / 'sagan_shapes_32_classifier_train_500.npz') as written:
+    np.testing.assert_allclose(written['mu'], fresh['mu'], rtol=1e-5)
+    np.testing.assert_allclose(written['sigma'], fresh['sigma'], rtol=1e-4, atol=1e-6)
 
 
 def test_eval_without_weights_says_how_to_get_them(runs, tmp_path):
