@@ -41,14 +41,24 @@ class Progress:
 class MetricWriter:
   """Scalars and images for TensorBoard (WORKDIR/tensorboard, through
   clu.metric_writers), the same scalars in WORKDIR/metrics.jsonl. Only the
-  writing process (process 0) passes enabled=True; the others write nothing."""
+  writing process (process 0) passes enabled=True; the others write nothing.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  resumed_from=N (a run resumed from the checkpoint of step N): what the
+  interrupted run logged after step N is dropped, so that each step appears once:
+  metrics.jsonl loses those lines, and TensorBoard gets a session start at step
+  N + 1, which makes it discard the old events from there (its default
+  --purge_orphaned_data)."""
+
+  def __init__(self, workdir: str, enabled: bool = True, resumed_from: int | None = None):
     self._summary = self._jsonl = None
     if enabled:
       from clu import metric_writers  # imports TensorFlow's summary ops
-      self._summary = metric_writers.SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
-      self._jsonl = (epath.Path(workdir) / 'metrics.jsonl').open('a')
+      logdir, jsonl = epath.Path(workdir) / 'tensorboard', epath.Path(workdir) / 'metrics.jsonl'
+      if resumed_from is not None:
+        _drop_lines_after(jsonl, resumed_from)
+        _start_session(logdir, resumed_from + 1)
+      self._summary = metric_writers.SummaryWriter(str(logdir))
+      self._jsonl = jsonl.open('a')
 
   def scalars(self, step: int, scalars: dict) -> None:
     if self._summary:
@@ -67,3 +77,30 @@ class MetricWriter:
     if self._summary:
       self._summary.close()
       self._jsonl.close()
+
+
+def _drop_lines_after(jsonl: epath.Path, step: int) -> None:
+  """Keeps the lines of metrics.jsonl up to `step` (rewritten whole, then renamed)."""
+  if not jsonl.exists():
+    return
+  lines = jsonl.read_text().splitlines(keepends=True)
+  kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
+  if len(kept) < len(lines):
+    tmp = jsonl.parent / (jsonl.name + '.tmp')
+    tmp.write_text(''.join(kept))
+    tmp.replace(jsonl)
+
+
+def _start_session(logdir: epath.Path, step: int) -> None:
+  """An event file holding one SessionLog START at `step`; its name sorts after
+  the earlier runs' files and before the one the new writer opens (TensorBoard
+  reads a directory's files in name order)."""
+  import tensorflow as tf
+  logdir.mkdir(parents=True, exist_ok=True)
+  now = time.time()
+  # 'events.out.tfevents.<seconds>.' then '!' sorts before any host name.
+  path = logdir / f'events.out.tfevents.{int(now)}.!resume_{step}'
+  with tf.io.TFRecordWriter(str(path)) as f:
+    f.write(tf.compat.v1.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
+    f.write(tf.compat.v1.Event(wall_time=now, step=step, session_log=tf.compat.v1.SessionLog(
+        status=tf.compat.v1.SessionLog.START)).SerializeToString())

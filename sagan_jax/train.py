@@ -347,7 +347,9 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
   if is_main:
     sample_dir.mkdir(parents=True, exist_ok=True)
   z, labels = sampling.grid_latents(config, config.seed + 1)
-  writer = logs.MetricWriter(workdir, enabled=is_main)
+  first_step = int(state.step)
+  writer = logs.MetricWriter(workdir, enabled=is_main,
+                             resumed_from=first_step if first_step else None)
 
   def write_samples(state, step: int):
     """The fixed-noise grids of the raw and the EMA G: PNGs and TensorBoard images."""
@@ -361,7 +363,6 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
                                                       sample_dir / f'{step:07d}_{name}.png')
     writer.images(step, grids)
 
-  first_step = int(state.step)
   if first_step == 0:
     write_samples(state, first_step)
   images_per_step = config.batch_size * config.num_d_steps

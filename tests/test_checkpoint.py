@@ -179,6 +179,17 @@ def test_preemption_then_a_crash_mid_write_then_resume(tfds_dir, tmp_path):
   assert not any('tmp' in n for n in os.listdir(ckpt_dir))  # the partial write is cleaned up
   assert max(saved_steps(workdir)) == previous + 1
 
+  # What the killed run logged after `previous` (at least step previous + 1) is
+  # dropped: every step is logged once, in metrics.jsonl and as TensorBoard reads it.
+  import json
+  from tensorboard.backend.event_processing import plugin_event_accumulator as event_accumulator
+  steps = [json.loads(line)['step'] for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert steps == list(range(1, previous + 2))
+  board = event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'),
+                                             size_guidance={event_accumulator.TENSORS: 0})
+  board.Reload()
+  assert [e.step for e in board.Tensors('d_loss')] == list(range(1, previous + 2))
+
 
 class NaNBatches:
   """The real iterator, as float32 images with NaN in the batches numbered in `bad`."""
