@@ -8,7 +8,7 @@
   python main.py --mode=attention --workdir=/tmp/sagan --queries='8,8;24,16'
   python main.py --mode=eval --workdir=/tmp/sagan --num_samples=10000
 
-The sample, interpolate and attention modes read the config from the checkpoint.
+The sample, interpolate, attention and eval modes read the config from the checkpoint.
 """
 import dataclasses
 import sys
@@ -30,7 +30,7 @@ flags.DEFINE_bool('compilation_cache', True,
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention', 'eval'],
                   'train, or look at the latest (or --step) checkpoint in --workdir.')
-# Options of the sample, interpolate and attention modes (sagan_jax/modes.py).
+# Options of the sample, interpolate, attention and eval modes (sagan_jax/modes.py).
 flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
 flags.DEFINE_bool('best', False, 'Load from WORKDIR/checkpoints_best (the best evaluated G of '
                   'training with eval_every_steps).')

@@ -59,9 +59,8 @@ def main(argv):
   extractor = evaluation.Extractor('classifier', classifier.default_path(config.data_dir), mesh,
                                    config.num_classes)
   cache = evaluation.reference_dir(config, FLAGS.workdir)
-  reference = evaluation.reference_statistics(config, extractor, 'train', FLAGS.num_samples, cache)
-  classes = list(range(config.num_classes))  # intra-class distances of every class
-  class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache)
+  reference, class_ref, classes = evaluation.references(  # intra-class: every class
+      config, extractor, FLAGS.num_samples, cache, 'all')
   images = sampling.ImageSampler(generator, mesh)
   initial = train.init_train_state(config, generator, discriminator, mesh, config.seed)
   results = []

@@ -28,9 +28,6 @@ from sagan_jax.config import default_config
 # the state, or the data stream whose position is restored.
 FIXED_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution', 'attention',
                 'dataset', 'batch_size', 'num_d_steps', 'shuffle_buffer', 'random_flip', 'seed')
-# Fields that fix G's shapes: all a checkpoint must agree on to be sampled from.
-GENERATOR_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution',
-                    'attention')
 
 
 class CheckpointError(ValueError):
@@ -130,10 +127,15 @@ def _step_or_latest(manager, workdir: str, step: int | None) -> int:
 
 
 def read_meta(manager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  """{'config': the run's config, 'num_processes': ...}. The config is today's
+  defaults under the saved fields: a field added since the run has its default."""
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  config = default_config()
+  config.update({k: v for k, v in meta['config'].items() if k in config})
+  return dict(meta, config=config)
 
 
-def differences(saved: dict, config, fields) -> list[str]:
+def differences(saved, config, fields) -> list[str]:
   """'field: saved -> now' for each of `fields` that differs."""
   return [f'{f}: {saved.get(f)!r} -> {config[f]!r}' for f in fields if saved.get(f) != config[f]]
 
@@ -176,9 +178,7 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
                           'not exist (is --workdir the directory training wrote to?)')
   manager = make_manager(workdir, best=best)
   step = _step_or_latest(manager, workdir, step)
-  # Today's defaults under the saved fields: a field added since the run has its default.
-  config = default_config()
-  config.update({k: v for k, v in read_meta(manager, step)['config'].items() if k in config})
+  config = read_meta(manager, step)['config']
   generator = make_models(config)[0]
   shapes = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),

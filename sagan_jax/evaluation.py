@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import classifier, inception, input_pipeline, logs, metrics, sampling
+from sagan_jax.config import class_indices
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
 
@@ -155,6 +156,16 @@ def class_reference(config, extractor: Extractor, split: str, classes: list[int]
   return _cached(config, extractor, f'{split}_classes_{tag}', cache_dir, compute)
 
 
+def references(config, extractor: Extractor, num: int, cache_dir: str, intra_class: str = ''):
+  """What evaluate() compares with: (reference_statistics of `num` train images,
+  the class_reference of the `intra_class` classes ('3,5,7' or 'all') or None,
+  those classes). ValueError saying what is wrong with `intra_class`."""
+  classes = class_indices(intra_class, config.num_classes) if intra_class else []
+  reference = reference_statistics(config, extractor, 'train', num, cache_dir)
+  class_ref = class_reference(config, extractor, 'train', classes, cache_dir) if classes else None
+  return reference, class_ref, classes
+
+
 def intra_class_distances(features, labels, reference: dict, classes) -> dict[int, float]:
   """The Frechet distance of each class's generated and real features."""
   return {int(c): metrics.frechet_distance_of_features(
@@ -216,7 +227,7 @@ def main(argv):
   will read: overall ones for --num_samples, and per class with --intra_class."""
   del argv
   from sagan_jax import train
-  from sagan_jax.config import class_indices, validate
+  from sagan_jax.config import validate
   f = flags.FLAGS
   config = f.config
   if not config.reference_dir:
@@ -225,10 +236,7 @@ def main(argv):
   mesh = train.make_mesh()
   extractor = make_extractor(config, mesh, f.features, f.inception_weights,
                              f.classifier_weights)
-  reference_statistics(config, extractor, 'train', f.num_samples, config.reference_dir)
-  if f.intra_class:
-    class_reference(config, extractor, 'train',
-                    class_indices(f.intra_class, config.num_classes), config.reference_dir)
+  references(config, extractor, f.num_samples, config.reference_dir, f.intra_class)
   print(f'Reference statistics in {config.reference_dir}: '
         f'{", ".join(sorted(os.listdir(config.reference_dir)))}')
 

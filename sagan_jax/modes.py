@@ -1,4 +1,4 @@
-"""main.py's sample, interpolate and attention modes, on a checkpoint.
+"""main.py's sample, interpolate, attention and eval modes, on a checkpoint.
 
 Every mode loads only G (EMA or raw weights) from WORKDIR/checkpoints onto the
 current devices, takes its config from the checkpoint, and writes into --out
@@ -18,7 +18,6 @@ from sagan_jax import checkpoint, logs, sampling
 from sagan_jax.config import class_indices
 from sagan_jax.models import make_models
 from sagan_jax.train import make_mesh
-
 
 
 class ModeError(ValueError):
@@ -47,13 +46,13 @@ class Options:
   intra_class: str = ''  # eval: intra-class FID of '3,5,7' or 'all'; '': config.eval_intra_class
 
 
-def parse_classes(spec: str, num_classes: int, default: int, flag: str = 'classes') -> list[int]:
+def parse_classes(spec: str, num_classes: int, default: int) -> list[int]:
   if not spec:
     return list(range(min(default, num_classes)))
   try:
     return class_indices(spec, num_classes)
   except ValueError as e:
-    raise ModeError(f'--{flag}={spec!r}: {e}') from None
+    raise ModeError(f'--classes={spec!r}: {e}') from None
 
 
 def parse_queries(spec: str, size: int) -> list[tuple[int, int]]:
@@ -251,16 +250,13 @@ def evaluate(workdir: str, options: Options) -> list[str]:
     raise ModeError(str(e)) from None
   kind = extractor.kind
   num = options.num_samples or 50_000
-  spec = options.intra_class or config.get('eval_intra_class', '')
-  classes = parse_classes(spec, config.num_classes, 0, 'intra_class') if spec else []
-  if classes and num < 2 * config.num_classes:
+  spec = options.intra_class or config.eval_intra_class
+  if spec and num < 2 * config.num_classes:
     raise ModeError(f'--intra_class needs at least 2 samples of each class: '
                     f'--num_samples={2 * config.num_classes} or more')
-  cache = evaluation.reference_dir(config, workdir)
-  reference = evaluation.reference_statistics(config, extractor, 'train', num, cache)
   try:
-    class_ref = evaluation.class_reference(config, extractor, 'train', classes, cache) \
-        if classes else None
+    reference, class_ref, classes = evaluation.references(
+        config, extractor, num, evaluation.reference_dir(config, workdir), spec)
   except ValueError as e:
     raise ModeError(f'--intra_class={spec!r}: {e}') from None
   result = evaluation.evaluate(s.image_sampler, s.variables, config, extractor, reference, num,

@@ -13,7 +13,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, input_pipeline, logs, sampling
-from sagan_jax.config import ConfigError, class_indices, validate
+from sagan_jax.config import ConfigError, validate
 from sagan_jax.layers import spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.models import make_models
@@ -301,14 +301,10 @@ class Evaluator:
       self.extractor = evaluation.make_extractor(config, mesh)
     except FileNotFoundError as e:
       raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
-    cache = evaluation.reference_dir(config, workdir)
-    self.reference = evaluation.reference_statistics(
-        config, self.extractor, 'train', config.eval_num_samples, cache)
-    self.classes = (class_indices(config.eval_intra_class, config.num_classes)
-                    if config.eval_intra_class else [])
     try:
-      self.class_ref = (evaluation.class_reference(config, self.extractor, 'train',
-                                                   self.classes, cache) if self.classes else None)
+      self.reference, self.class_ref, self.classes = evaluation.references(
+          config, self.extractor, config.eval_num_samples,
+          evaluation.reference_dir(config, workdir), config.eval_intra_class)
     except ValueError as e:
       raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
     self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
