@@ -28,6 +28,8 @@ flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 flags.DEFINE_bool('compilation_cache', True,
                   'Keep compiled programs in WORKDIR/compilation_cache (unless '
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
+flags.DEFINE_bool('verbose', False, "Also every library's INFO and WARNING lines (Orbax, JAX, "
+                  'TensorFlow); by default only this program\'s lines and errors.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention', 'eval'],
                   'train, or look at the latest (or --step) checkpoint in --workdir.')
 # Options of the sample, interpolate, attention and eval modes (sagan_jax/modes.py).
@@ -57,21 +59,56 @@ flags.DEFINE_enum('features', '', ['', 'inception', 'classifier'],
 flags.DEFINE_string('inception_weights', '', 'eval: the .npz python -m '
                     'sagan_jax.convert_inception wrote.')
 flags.DEFINE_string('classifier_weights', '', 'eval: weights of python -m sagan_jax.classifier '
-                    '(default: DATA_DIR/sagan_shapes_classifier.npz).')
+                    '(default: the shipped ones, sagan_jax/assets).')
 flags.DEFINE_string('intra_class', '', "eval: also intra-class FID of these classes, '3,5,7' or "
                     "'all' (default: the config's eval_intra_class).")
 flags.mark_flags_as_required(['workdir'])
+# The flags above that only the sample, interpolate, attention and eval modes read.
+MODE_FLAGS = ('step', 'best', 'generator', 'classes', 'per_class', 'truncation', 'seed',
+              'num_samples', 'format', 'standing_stats', 'batch_size', 'steps', 'queries', 'out',
+              'features', 'inception_weights', 'classifier_weights', 'intra_class')
 
 
 def parse_flags(argv):
-  """absl's parser, after a check that every --config.FIELD override names a field."""
+  """absl's parser, with every mistake on the command line reported in one line
+  that says what to do, before anything is imported or compiled: a misspelt
+  flag or --config.FIELD, a bad value, a missing --workdir, a config file that
+  does not load, and an option that the chosen mode does not take."""
   from sagan_jax.config import ConfigError, check_field_names
   overrides = [a[len('--config.'):].split('=')[0] for a in argv[1:] if a.startswith('--config.')]
   try:
     check_field_names(overrides)
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
-  return FLAGS(argv)
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    if overrides and not any(a.startswith('--config=') for a in argv):
+      sys.exit('Command-line error: --config.FIELD overrides a field of --config=FILE, which '
+               'only training takes; the sample, interpolate, attention and eval modes read '
+               'the config from the checkpoint in --workdir')
+    if 'workdir=None' in str(e):
+      sys.exit('Command-line error: --workdir is required: the directory of checkpoints, '
+               'samples and metrics, e.g. --workdir=/tmp/sagan_quickstart')
+    sys.exit(f'Command-line error: {e} (python main.py --helpfull lists the flags)')
+  if FLAGS['config'].present:
+    try:
+      FLAGS.config.keys()  # ml_collections reports a file that did not load only on use
+    except OSError as e:
+      reason = str(e).strip().splitlines()[-1].strip()
+      sys.exit(f'Config error: --config={FLAGS["config"].config_filename} does not load: '
+               f'{reason}. Give a file of configs/, e.g. --config=configs/quickstart.py')
+  if FLAGS.mode == 'train':
+    given = [name for name in MODE_FLAGS if FLAGS[name].present]
+    if given:
+      sys.exit(f'Command-line error: --{given[0]} is an option of the sample, interpolate, '
+               f'attention and eval modes, not of training (choose one with --mode, or set '
+               f'training\'s own fields with --config.FIELD)')
+  elif FLAGS['config'].present or overrides:
+    sys.exit(f'Command-line error: --mode={FLAGS.mode} reads the config from the checkpoint in '
+             f'--workdir; leave out --config and --config.FIELD (the mode\'s own options are '
+             f'listed by python main.py --helpfull)')
+  return rest
 
 
 def run_mode(mode: str) -> None:
@@ -87,6 +124,9 @@ def run_mode(mode: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not FLAGS.verbose:
+    from sagan_jax import logs
+    logs.quiet_console()
   import jax
   from sagan_jax import train
   from sagan_jax.checkpoint import CheckpointError

@@ -1,9 +1,53 @@
-"""Progress lines, and metrics for TensorBoard and as JSON lines."""
+"""Progress lines, a quiet console, and metrics for TensorBoard and as JSON lines."""
 import json
+import logging as python_logging
+import os
+import sys
+import tempfile
 import time
 
 import numpy as np
 from etils import epath
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# This project's sources (a virtual environment may sit in the same directory).
+PROJECT_SOURCES = tuple(os.path.join(_ROOT, p) for p in ('sagan_jax' + os.sep, 'main.py',
+                                                         'benchmarks' + os.sep))
+
+
+class _ProjectLines(python_logging.Filter):
+  """This project's log lines at every level; other libraries' from ERROR up."""
+
+  def filter(self, record) -> bool:
+    return (record.levelno >= python_logging.ERROR or
+            os.path.abspath(record.pathname).startswith(PROJECT_SOURCES))
+
+
+def quiet_console() -> None:
+  """Keeps Orbax's, JAX's and TensorFlow's INFO and WARNING chatter off the
+  console (call before TensorFlow is imported): what is left is progress,
+  saves, evaluations, this project's warnings and every library's errors."""
+  from absl import logging
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO and WARNING
+  # ABSLHandler hands records to its python_handler without applying its own filters.
+  logging.get_absl_handler().python_handler.addFilter(_ProjectLines())
+  # TensorFlow 2.21 prints notices from C++ while it is imported, before any log
+  # setting applies: import it with the stderr file descriptor captured, and
+  # replay what was captured if the import fails.
+  with tempfile.TemporaryFile() as captured:
+    stderr = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401
+    except BaseException:
+      os.dup2(stderr, 2)
+      captured.seek(0)
+      sys.stderr.write(captured.read().decode(errors='replace'))
+      raise
+    finally:
+      os.dup2(stderr, 2)
+      os.close(stderr)
 
 
 def format_duration(seconds: float) -> str:

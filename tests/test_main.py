@@ -15,6 +15,12 @@ def test_readme_quickstart_command(tfds_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 4/4' in result.stderr and 'images/s' in result.stderr and 'ETA' in result.stderr
   assert os.path.exists(tmp_path / 'samples' / '0000004_ema.png')
+  # A quiet console: this program's lines, none of Orbax's, JAX's or TensorFlow's chatter.
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) <= 12, result.stderr
+  for noise in ('orbax', 'CheckpointManager', 'oneDNN', 'libtpu', 'absl::InitializeLog'):
+    assert noise not in result.stderr, noise
+  assert 'Saving the checkpoint of step 4' in result.stderr
 
 
 def test_main_trains_the_cifar10_config_under_mock_data(tmp_path):
@@ -24,7 +30,7 @@ import tensorflow_datasets as tfds
 sys.argv = ['main.py', '--config=configs/cifar10.py', '--workdir={tmp_path}',
             '--config.data_dir={tmp_path / "tfds"}', '--config.ch=2', '--config.batch_size=8',
             '--config.num_train_steps=2', '--config.log_every_steps=1',
-            '--config.shuffle_buffer=16']
+            '--config.shuffle_buffer=16', '--verbose']
 with tfds.testing.mock_data(num_examples=64):
   runpy.run_path('main.py', run_name='__main__')
 """
@@ -32,6 +38,7 @@ with tfds.testing.mock_data(num_examples=64):
                           timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 2/2' in result.stderr
+  assert 'CheckpointManager' in result.stderr  # --verbose: the libraries' lines too
   assert os.path.exists(tmp_path / 'samples' / '0000002_ema.png')
   # mock_data's pipeline runs Python, which tf.data cannot serialise: the
   # checkpoint is written without a data position, and the log says so.
@@ -47,3 +54,29 @@ def test_main_reports_a_missing_dataset_in_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       f'Data error: cifar10 is not prepared in {tmp_path}: run once, on a machine with network '
       f'access: tfds build cifar10 --data_dir={tmp_path}')
+
+
+def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
+  """Exit status 1 and one line on stderr, before anything is compiled."""
+  quick, wd = '--config=configs/quickstart.py', f'--workdir={tmp_path}'
+  cases = {  # arguments: what the line must say
+      ('--mdoe=sample', wd): "Unknown command line flag 'mdoe'. Did you mean: mode",
+      ('--mode=smaple', wd): 'value should be one of <train|sample|interpolate|attention|eval>',
+      (quick,): '--workdir is required',
+      (quick, wd, '--config.ch=abc'): "flag --config.ch=abc: invalid literal for int()",
+      (quick, wd, '--config.chh=4'): "config.chh is not a known field; did you mean 'ch'?",
+      ('--config=configs/nope.py', wd): '--config=configs/nope.py does not load: [Errno 2] No such file',
+      (quick, wd, '--num_samples=5'): '--num_samples is an option of the sample, interpolate',
+      ('--mode=sample', wd, '--config.ch=4'): 'modes read the config from the checkpoint',
+      ('--mode=sample', wd, quick): 'leave out --config and --config.FIELD',
+      ('--mode=sample', wd): f'no checkpoint in {tmp_path}',
+  }
+  runs = {args: subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+          for args in cases}
+  for args, expected in cases.items():
+    _, err = runs[args].communicate(timeout=120)
+    lines = [l for l in err.strip().splitlines() if 'JAX process' not in l]
+    assert runs[args].returncode == 1 and len(lines) == 1, (args, err[-2000:])
+    assert expected in lines[0], (args, lines[0])
+    assert 'Traceback' not in err
