@@ -56,7 +56,7 @@ def main(argv):
   steps = sorted(manager.all_steps())
   _, config, _ = checkpoint.restore_generator(FLAGS.workdir, mesh, steps[-1])
   generator, discriminator = make_models(config)
-  extractor = evaluation.Extractor('classifier', classifier.default_path(config.data_dir), mesh,
+  extractor = evaluation.Extractor('classifier', classifier.SHIPPED, mesh,
                                    config.num_classes)
   cache = evaluation.reference_dir(config, FLAGS.workdir)
   reference, class_ref, classes = evaluation.references(  # intra-class: every class
@@ -66,8 +66,9 @@ def main(argv):
   results = []
   for step in [0] + steps:
     if step == 0:
-      variables = {'params': initial.ema_params, 'batch_stats': initial.g_batch_stats,
-                   'spectral': initial.g_spectral}
+      # As training does before its step-0 grid: the EMA G with statistics of its own.
+      variables = train.generator_variables(
+          train.EMAStatistics(config, generator, mesh)(initial), ema=True)
     else:
       variables, _, _ = checkpoint.restore_generator(FLAGS.workdir, mesh, step)
     result = evaluation.evaluate(images, variables, config, extractor, reference,

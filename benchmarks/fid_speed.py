@@ -40,8 +40,7 @@ def main(argv):
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
   state = train.init_train_state(config, generator, discriminator, mesh, config.seed)
-  variables = {'params': state.ema_params, 'batch_stats': state.g_batch_stats,
-               'spectral': state.g_spectral}
+  variables = train.generator_variables(state, ema=True)
   weights = os.path.join(tempfile.mkdtemp(), 'random_inception.npz')
   checkpoint.save_weights(inception.InceptionV3().init(
       jax.random.PRNGKey(0), np.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'], weights)
@@ -63,7 +62,7 @@ def main(argv):
       'num_samples': FLAGS.num_samples, 'compile_and_first_batch_s': compile_s,
       'seconds': result['seconds'],
       'generate_images_per_s': result['generate_images_per_s'],
-      'inception_images_per_s': result['extract_images_per_s']}
+      'inception_and_statistics_images_per_s': result['score_images_per_s']}
   print(json.dumps(summary))
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:

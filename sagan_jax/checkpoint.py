@@ -22,7 +22,9 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from sagan_jax import sampling
 from sagan_jax.config import default_config
+from sagan_jax.models import make_models
 
 # Fields a run cannot change and still be the same run: they fix the shapes of
 # the state, or the data stream whose position is restored.
@@ -100,6 +102,7 @@ def save(manager: ocp.CheckpointManager, state, data, config, metrics=None) -> b
   if step in manager.all_steps():
     return False
   meta = {'config': config.to_dict(), 'num_processes': jax.process_count()}
+  logging.info('Saving the checkpoint of step %d in %s', step, manager.directory)
   return manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=DataPositionSave(data),
       meta=ocp.args.JsonSave(meta)))
@@ -140,6 +143,12 @@ def differences(saved, config, fields) -> list[str]:
   return [f'{f}: {saved.get(f)!r} -> {config[f]!r}' for f in fields if saved.get(f) != config[f]]
 
 
+def saved_fields(manager, step: int) -> set[str]:
+  """The names of the TrainState fields in the checkpoint of `step`."""
+  metadata = ocp.StandardCheckpointer().metadata(manager.directory / str(step) / 'state')
+  return set(metadata.item_metadata.keys())
+
+
 def restore_for_training(manager, config, abstract_state, data):
   """The latest training state on the mesh of `abstract_state` (ShapeDtypeStructs
   with shardings) and the data position restored into `data`; None if the
@@ -161,9 +170,27 @@ def restore_for_training(manager, config, abstract_state, data):
   changed = differences(meta['config'], config, sorted(set(config.keys()) - set(FIXED_FIELDS)))
   if changed:
     logging.warning('Resuming step %d with changed fields: %s', step, '; '.join(changed))
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=DataPositionRestore(data)))
-  return restored.state
+  fields = saved_fields(manager, step)
+  if 'ema_batch_stats' in fields:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=DataPositionRestore(data)))
+    return restored.state
+  # Written before the EMA G had BN statistics of its own: start them from the
+  # raw G's (the loop measures them from the EMA weights before any use).
+  # Read through a manager of its own: the training manager's 'state' item must
+  # stay bound to StandardSave.
+  wanted = {f: getattr(abstract_state, f) for f in fields}
+  reader = make_manager(os.fspath(manager.directory.parent))
+  restored = reader.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted)),
+      data=DataPositionRestore(data))).state
+  reader.close()
+  logging.warning('The checkpoint of step %d predates the EMA generator\'s own batch-norm '
+                  'statistics; they are measured from its weights before their first use.', step)
+  # A copy: the train step donates the state, and one buffer must not be donated twice.
+  return abstract_state.replace(**restored,
+                                ema_batch_stats=jax.tree.map(jnp.copy, restored['g_batch_stats']))
 
 
 def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = True,
@@ -172,7 +199,6 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
   from a checkpoint (the latest by default), replicated on `mesh` whatever the
   device count it was written with. Only G's arrays are read: the EMA weights,
   or the raw ones with ema=False."""
-  from sagan_jax.models import make_models
   if not checkpoint_dir(workdir, best).exists():
     raise CheckpointError(f'no checkpoint in {workdir}: {checkpoint_dir(workdir, best)} does '
                           'not exist (is --workdir the directory training wrote to?)')
@@ -183,16 +209,43 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
   shapes = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),
       train=False))
-  params = 'ema_params' if ema else 'g_params'  # same shapes: EMA and raw weights
-  wanted = abstract({params: shapes['params'], 'g_batch_stats': shapes['batch_stats'],
-                     'g_spectral': shapes['spectral']}, mesh)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+  params, stats = ('ema_params', 'ema_batch_stats') if ema else ('g_params', 'g_batch_stats')
+  measured = stats in saved_fields(manager, step)  # False: written before the EMA G had statistics of its own
+  wanted = abstract({params: shapes['params'], 'g_spectral': shapes['spectral'],
+                     (stats if measured else 'g_batch_stats'): shapes['batch_stats']}, mesh)
+  restored = _read_fields(manager, step, wanted)
+  manager.close()
+  variables = {'params': restored[params], 'spectral': restored['g_spectral'],
+               'batch_stats': restored[stats if measured else 'g_batch_stats']}
+  if not measured:
+    logging.warning('The checkpoint of step %d predates the EMA generator\'s own batch-norm '
+                    'statistics: measuring them now from %d generated batches.', step,
+                    config.ema_bn_batches)
+    standing = sampling.StandingStatistics(config, generator, mesh, config.ema_bn_batches,
+                                           config.batch_size)
+    variables = standing(variables, jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step))
+  return variables, config, step
+
+
+def _read_fields(manager, step: int, wanted: dict) -> dict:
+  """Only the TrainState fields named in `wanted` (abstract arrays) of a checkpoint."""
+  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
       partial_restore=True))).state
+
+
+def restore_discriminator(workdir: str, mesh, step: int) -> dict:
+  """D's variables {'params', 'spectral'} of the checkpoint of `step`."""
+  manager = make_manager(workdir)
+  config = read_meta(manager, step)['config']
+  discriminator = make_models(config)[1]
+  shapes = jax.eval_shape(lambda: discriminator.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)),
+      jnp.zeros((1,), jnp.int32)))
+  restored = _read_fields(manager, step, abstract(
+      {'d_params': shapes['params'], 'd_spectral': shapes['spectral']}, mesh))
   manager.close()
-  variables = {'params': restored[params], 'batch_stats': restored['g_batch_stats'],
-               'spectral': restored['g_spectral']}
-  return variables, config, step
+  return {'params': restored['d_params'], 'spectral': restored['d_spectral']}
 
 
 # Weight files of the fixed networks of evaluation (Inception, the classifier):

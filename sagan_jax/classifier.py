@@ -4,7 +4,10 @@ distance in its 128-d feature space).
 
   python -m sagan_jax.classifier --data_dir=~/tensorflow_datasets
 
-trains it (about a minute on 2 CPU cores) and writes DATA_DIR/sagan_shapes_classifier.npz.
+trains it (about a minute on 2 CPU cores: 300 steps, test accuracy 99.9%) and
+writes SHIPPED, the weights that evaluation uses by default: they ship with the
+project (566 KB), so evaluation needs no extra command. The embedded dataset is
+generated from fixed seeds, so the same weights serve every machine.
 """
 import os
 
@@ -35,9 +38,8 @@ class Classifier(nn.Module):
     return features, nn.Dense(self.num_classes)(features)
 
 
-def default_path(data_dir: str) -> str:
-  return os.path.join(os.path.expanduser(data_dir or '~/tensorflow_datasets'),
-                      'sagan_shapes_classifier.npz')
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets',
+                       'sagan_shapes_classifier.npz')
 
 
 def save(params, path: str) -> None:
@@ -46,8 +48,9 @@ def save(params, path: str) -> None:
 
 def load(path: str) -> dict:
   if not os.path.exists(path):
-    raise FileNotFoundError(f'no classifier weights at {path}: train them once with '
-                            f'python -m sagan_jax.classifier --data_dir=<TFDS data dir>')
+    raise FileNotFoundError(f'no classifier weights at {path}: pass the file that python -m '
+                            f'sagan_jax.classifier --out=FILE wrote, or leave the option '
+                            f'empty for the shipped ones')
   return checkpoint.load_weights(path)
 
 
@@ -93,13 +96,13 @@ def main(argv):
   del argv
   flags_ = flags.FLAGS
   params, accuracy = train(flags_.data_dir, flags_.steps)
-  out = flags_.out or default_path(flags_.data_dir)
+  out = flags_.out or SHIPPED
   save(params, out)
   print(f'Wrote {out}; test accuracy {accuracy:.4f}')
 
 
 if __name__ == '__main__':  # flags only here: main.py imports this module
   flags.DEFINE_string('data_dir', '', 'TFDS data dir of sagan_shapes (prepared if needed).')
-  flags.DEFINE_string('out', '', 'Weights file (default: DATA_DIR/sagan_shapes_classifier.npz).')
+  flags.DEFINE_string('out', '', 'Weights file (default: the shipped one, replaced).')
   flags.DEFINE_integer('steps', 300, 'Training steps of batch 64.')
   app.run(main)

@@ -51,6 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.adam_b2 = 0.999  # authors' code (TF default); the paper says 0.9
   c.ema_decay = 0.9999  # EMA of G's weights (not in the paper; BigGAN's decay)
   c.ema_start_step = 20_000  # before this step the EMA copies G's weights
+  c.ema_bn_batches = 16  # the EMA G's BN statistics: the mean over this many generated
+  #   batches of batch_size, measured from its own weights before each use (grids,
+  #   evaluation, checkpoints); BigGAN's 16 "standing statistics" accumulations
   c.num_train_steps = 1_000_000
   c.seed = 0
   c.max_nonfinite_steps = 10  # this many steps in a row with non-finite losses or
@@ -67,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.reference_dir = ''  # cached reference statistics; '': WORKDIR/reference_stats. One
   #   directory can serve many runs: fill it once with python -m sagan_jax.evaluation
   c.inception_weights = ''  # the .npz of python -m sagan_jax.convert_inception
-  c.classifier_weights = ''  # '': DATA_DIR/sagan_shapes_classifier.npz
+  c.classifier_weights = ''  # '': the shipped weights (sagan_jax/assets)
   # Logging and samples
   c.log_every_steps = 100
   c.sample_every_steps = 5_000  # sample grid PNGs (raw and EMA G) into workdir/samples
@@ -138,7 +141,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   for field in ('num_classes', 'z_dim', 'num_d_steps', 'sn_power_iterations', 'num_train_steps',
                 'log_every_steps', 'sample_every_steps', 'sample_classes', 'samples_per_class',
                 'shuffle_buffer', 'checkpoint_every_steps', 'checkpoints_to_keep',
-                'max_nonfinite_steps'):
+                'max_nonfinite_steps', 'ema_bn_batches'):
     _check(c[field] >= 1, field, c[field], 'a positive integer')
   for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps'):
     _check(c[field] > 0, field, c[field], 'a positive number')

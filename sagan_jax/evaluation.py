@@ -15,7 +15,8 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import classifier, inception, input_pipeline, logs, metrics, sampling
+from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, sampling,
+                       shapes_dataset)
 from sagan_jax.config import class_indices
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
@@ -63,7 +64,7 @@ def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
       'classifier' if config.dataset == 'sagan_shapes' else 'inception')
   weights = ((inception_weights or config.inception_weights) if kind == 'inception' else
              (classifier_weights or config.classifier_weights or
-              classifier.default_path(config.data_dir)))
+              classifier.SHIPPED))
   return Extractor(kind, weights, mesh, config.num_classes)
 
 
@@ -97,13 +98,16 @@ def dataset_images(config, split: str, num: int) -> np.ndarray:
   return np.concatenate([images for images, _ in dataset_batches(config, split, num)])
 
 
-def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute) -> dict:
-  """compute() -> dict of arrays, kept in cache_dir/DATASET_SIZE_FEATURES_NAME.npz."""
+def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute,
+            keys=()) -> dict:
+  """compute() -> dict of arrays, kept in cache_dir/DATASET_SIZE_FEATURES_NAME.npz
+  (computed again if a cached file lacks one of `keys`: an older version's)."""
   dataset = config.dataset.replace('/', '_').replace(':', '_').replace(os.sep, '_')
   path = os.path.join(cache_dir, f'{dataset}_{config.image_size}_{extractor.kind}_{name}.npz')
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as f:
-      return dict(f)
+      if all(k in f for k in keys):
+        return dict(f)
   stats = compute()
   os.makedirs(cache_dir, exist_ok=True)
   with open(path, 'wb') as f:
@@ -112,26 +116,43 @@ def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute) ->
   return stats
 
 
-def _extract(extractor: Extractor, batches, what: str, total: int | None = None):
-  """Features and labels of all (images, labels) batches, with a progress line."""
-  features, labels, progress = [], [], logs.Progress(what, total, 'images')
+def _extract(extractor: Extractor, batches, what: str, total: int | None = None,
+             with_colours: bool = False):
+  """Features and labels of all (images, labels) batches, with a progress line;
+  with_colours: also their colours() (the embedded dataset's)."""
+  features, labels, colour, progress = [], [], [], logs.Progress(what, total, 'images')
   for i, (x, y) in enumerate(batches):
     features.append(extractor(x)[0])
     labels.append(y)
+    if with_colours:
+      colour.append(colours(x))
     if (i + 1) % 10 == 0:
       logging.info(progress.line(sum(map(len, labels))))
-  return np.concatenate(features), np.concatenate(labels)
+  out = np.concatenate(features), np.concatenate(labels)
+  if with_colours:
+    out += tuple(np.concatenate(c) for c in zip(*colour))
+  return out
 
 
 def reference_statistics(config, extractor: Extractor, split: str, num: int,
                          cache_dir: str) -> dict:
-  """mu, sigma and (up to KID_FEATURES) features of the split's first `num`
-  images, computed once and cached in cache_dir."""
+  """mu, sigma, the within-class diversity (of the features, and for the
+  embedded dataset of the colours) and (up to KID_FEATURES) features of the
+  split's first `num` images, computed once and cached in cache_dir."""
+  embedded = config.dataset == 'sagan_shapes'
+
   def compute():
-    features, _ = _extract(extractor, dataset_batches(config, split, num), 'reference', num)
+    features, labels, *colour = _extract(extractor, dataset_batches(config, split, num),
+                                         'reference', num, with_colours=embedded)
     mu, sigma = metrics.moments(features)
-    return {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES]}
-  return _cached(config, extractor, f'{split}_{num}', cache_dir, compute)
+    stats = {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES],
+             'diversity': metrics.within_class_diversity(features, labels)}
+    if embedded:
+      c, both = colour
+      stats['colour_diversity'] = metrics.within_class_diversity(c[both], labels[both])
+    return stats
+  return _cached(config, extractor, f'{split}_{num}', cache_dir, compute,
+                 keys=('diversity',) + (('colour_diversity',) if embedded else ()))
 
 
 def class_reference(config, extractor: Extractor, split: str, classes: list[int],
@@ -172,6 +193,48 @@ def intra_class_distances(features, labels, reference: dict, classes) -> dict[in
       features[labels == c], reference['features'][reference['labels'] == c]) for c in classes}
 
 
+def colours(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The embedded dataset's two colours per image: (mean RGB in [0, 1] of the
+  foreground and of the background [n, 6], whether the image has both [n]).
+  Its foregrounds have every channel in [0.45, 1] and its backgrounds in
+  [0, 0.3], so a pixel whose channel mean is above 0.375 is foreground."""
+  x = images.astype(np.float32) / 255
+  fg = (x.mean(-1) > 0.375)[..., None]  # [n, H, W, 1]
+  count = lambda m: m.sum((1, 2))
+  mean = lambda m: (x * m).sum((1, 2)) / np.maximum(count(m), 1)
+  both = (count(fg) > 0) & (count(~fg) > 0)
+  return np.concatenate([mean(fg), mean(~fg)], -1), both[:, 0]
+
+
+def colour_diversity(images: np.ndarray, labels: np.ndarray) -> float:
+  """Within-class diversity of the (foreground, background) colours of images
+  that have both (the embedded dataset draws both at random in every class)."""
+  c, both = colours(images)
+  return metrics.within_class_diversity(c[both], labels[both])
+
+
+def floor(config, extractor: Extractor, reference: dict, num: int, cache_dir: str) -> dict:
+  """score() of `num` real images that are not in the reference: what a perfect
+  generator would get at this sample count (FID is biased upwards at small
+  n). The embedded dataset generates new ones (from a seed its splits do not
+  use); other datasets use their test or validation split ({} if they have
+  neither). Cached."""
+  if config.dataset == 'sagan_shapes':
+    real = lambda: map(np.stack, zip(*shapes_dataset.generate(num, seed=2)))
+  else:
+    splits = [s for s in ('test', 'validation') if s in input_pipeline.get_builder(config).info.splits]
+    if not splits:
+      return {}
+    real = lambda: map(np.concatenate, zip(*dataset_batches(config, splits[0], num)))
+
+  def compute():
+    images, labels = real()
+    return score(images, labels.astype(np.int32), extractor, reference)
+  cached = _cached(config, extractor, f'floor_{num}', cache_dir,
+                   lambda: {k: np.asarray(v) for k, v in compute().items()})
+  return {k: float(v) for k, v in cached.items()}
+
+
 def generate(images: sampling.ImageSampler, variables, config, num: int, batch_size: int,
              seed: int):
   """num samples (uint8) with classes in turn, and their labels; every batch has
@@ -189,36 +252,51 @@ def generate(images: sampling.ImageSampler, variables, config, num: int, batch_s
   return np.concatenate(out), labels
 
 
-def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extractor,
-             reference: dict, num: int, batch_size: int = 256, seed: int = 0,
-             class_ref: dict | None = None, classes=()) -> dict:
-  """FID (against `reference`), IS and KID of `num` samples of G (`images` with
-  `variables`); with the classifier also the accuracy of the samples' classes;
-  with `class_ref` (class_reference) the intra-class FID of `classes`: their
-  mean, and each class's in a dict."""
-  start = time.time()
-  samples, labels = generate(images, variables, config, num, batch_size, seed)
-  generated = time.time()
-  features, logits = extractor(samples, batch_size)
-  extracted = time.time()
+def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, reference: dict,
+          batch_size: int = 256, class_ref: dict | None = None, classes=()) -> dict:
+  """The metrics of uint8 `images` of classes `labels` against `reference`:
+  FID, IS, KID (with the classifier: a Frechet distance, a classifier score, a
+  kernel distance, and the class accuracy); the within-class diversity of the
+  features and its ratio to the reference's (for the embedded dataset also
+  of the colours); with `class_ref` (class_reference) the
+  intra-class FID of `classes`: their mean, and each class's in a dict."""
+  features, logits = extractor(images, batch_size)
   mu, sigma = metrics.moments(features)
   # With the classifier these are not FID/IS/KID (not Inception's features): other names.
   fid, is_, kid = (('fid', 'is', 'kid') if extractor.kind == 'inception' else
                    ('frechet_distance', 'classifier_score', 'kernel_distance'))
-  result = {'num_samples': num,
-            fid: metrics.frechet_distance(mu, sigma, reference['mu'], reference['sigma'])}
+  result = {fid: metrics.frechet_distance(mu, sigma, reference['mu'], reference['sigma'])}
   result[is_], result[is_ + '_std'] = metrics.inception_score(logits)
   result[kid], result[kid + '_std'] = metrics.kernel_inception_distance(
-      features, reference['features'], subsets=10, subset_size=min(1000, num))
+      features, reference['features'], subsets=10, subset_size=min(1000, len(images)))
+  result['diversity'] = metrics.within_class_diversity(features, labels)
+  result['diversity_vs_data'] = result['diversity'] / float(reference['diversity'])
+  if 'colour_diversity' in reference:  # the embedded dataset
+    result['colour_diversity'] = colour_diversity(images, labels)
+    result['colour_diversity_vs_data'] = (result['colour_diversity'] /
+                                          float(reference['colour_diversity']))
   if class_ref is not None:
     per_class = intra_class_distances(features, labels, class_ref, classes)
     result['intra_' + fid] = float(np.mean(list(per_class.values())))
     result['intra_' + fid + '_classes'] = per_class
   if extractor.kind == 'classifier':
     result['class_accuracy'] = float((logits.argmax(-1) == labels).mean())
+  return result
+
+
+def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extractor,
+             reference: dict, num: int, batch_size: int = 256, seed: int = 0,
+             class_ref: dict | None = None, classes=()) -> dict:
+  """score() of `num` samples of G (`images` with `variables`), classes in
+  turn, with the time taken."""
+  start = time.time()
+  samples, labels = generate(images, variables, config, num, batch_size, seed)
+  generated = time.time()
+  result = {'num_samples': num, **score(samples, labels, extractor, reference, batch_size,
+                                        class_ref, classes)}
+  scored = time.time()
   result.update(generate_images_per_s=num / (generated - start),
-                extract_images_per_s=num / (extracted - generated),
-                seconds=time.time() - start)
+                score_images_per_s=num / (scored - generated), seconds=scored - start)
   return result
 
 

@@ -77,3 +77,19 @@ def kernel_inception_distance(features1, features2, subsets: int = 100, subset_s
     off_diagonal = lambda k: (k.sum() - np.trace(k)) / (m * (m - 1))
     values.append(off_diagonal(k_aa) + off_diagonal(k_bb) - 2 * k_ab.mean())
   return float(np.mean(values)), float(np.std(values))
+
+
+def within_class_diversity(x: np.ndarray, labels: np.ndarray, max_per_class: int = 2000) -> float:
+  """The mean, over the classes present, of the mean Euclidean distance between
+  two different rows of `x` [n, d] of that class (the first `max_per_class`
+  of each; classes with one row are left out). A generator that ignores z
+  within a class scores 0 however good each image; real data sets the scale."""
+  means = []
+  for c in np.unique(labels):
+    v = np.asarray(x[labels == c][:max_per_class], np.float64)
+    if len(v) < 2:
+      continue
+    sq = (v * v).sum(1)
+    d = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * v @ v.T, 0, None))
+    means.append(d.sum() / (len(v) * (len(v) - 1)))  # the diagonal is 0
+  return float(np.mean(means)) if means else float('nan')  # nan: no class has two rows

@@ -42,7 +42,7 @@ class Options:
   out: str = ''  # output directory; '': WORKDIR/<mode>
   features: str = ''  # eval: 'inception', 'classifier'; '': classifier for the embedded dataset
   inception_weights: str = ''  # eval: the .npz convert_inception wrote
-  classifier_weights: str = ''  # eval: '' = DATA_DIR/sagan_shapes_classifier.npz
+  classifier_weights: str = ''  # eval: '' = the shipped weights
   intra_class: str = ''  # eval: intra-class FID of '3,5,7' or 'all'; '': config.eval_intra_class
 
 
@@ -84,9 +84,9 @@ class Sampler:
     self.generator = make_models(self.config)[0]
     self.key = jax.random.PRNGKey(options.seed)
     if options.standing_stats:
-      keys = jax.random.split(jax.random.fold_in(self.key, 1), options.standing_stats)
-      self.variables = sampling.standing_statistics(self.generator, self.variables, self.config,
-                                                    keys, options.batch_size)
+      standing = sampling.StandingStatistics(self.config, self.generator, self.mesh,
+                                             options.standing_stats, options.batch_size)
+      self.variables = standing(self.variables, jax.random.fold_in(self.key, 1))
     self.image_sampler = sampling.ImageSampler(self.generator, self.mesh)
     self._apply_with_maps = jax.jit(
         lambda v, z, y: self.generator.apply(v, z, y, train=False, mutable=['intermediates']),

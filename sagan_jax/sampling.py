@@ -82,21 +82,47 @@ def random_batch(key, batch_size: int, config):
           jax.random.randint(y_key, (batch_size,), 0, config.num_classes))
 
 
-def standing_statistics(generator, variables, config, keys, batch_size: int) -> dict:
-  """`variables` with G's batch-norm statistics re-estimated as the average
-  over generated batches (one per key; random z and classes) in training mode,
-  instead of the moving averages kept while training (BigGAN's "standing
-  statistics")."""
-  one_batch = generator.clone(bn_momentum=0.0)  # stored statistics = this batch's
+def generator_forward(config, generator, mesh, variables, z, y, mutable):
+  """G in training mode. BN statistics are over the global batch, or with
+  `bn_per_device` over each device's part (the statistics returned are then
+  the mean over devices)."""
+  if not config.bn_per_device:
+    return generator.apply(variables, z, y, train=True, mutable=mutable)
 
-  @jax.jit
-  def batch_statistics(key):
-    z, y = random_batch(key, batch_size, config)
-    _, new = one_batch.apply(variables, z, y, train=True, mutable=['batch_stats'])
-    return new['batch_stats']
+  def local(variables, z, y):  # one device's z [B / devices, z_dim]
+    images, new = generator.apply(variables, z, y, train=True, mutable=mutable)
+    return images, dict(new, batch_stats=jax.lax.pmean(new['batch_stats'], 'data'))
 
-  total = None
-  for key in keys:
-    stats = batch_statistics(key)
-    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
-  return dict(variables, batch_stats=jax.tree.map(lambda x: x / len(keys), total))
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data'), P('data')),
+                       out_specs=(P('data'), P()))(variables, z, y)
+
+
+class StandingStatistics:
+  """(G's variables, key) -> the same variables with batch-norm statistics that
+  belong to their weights: the mean over `num_batches` generated batches
+  (random z and classes, batch i from fold_in(key, i)) of each batch's
+  statistics in training mode, measured as training measures them (global
+  batch, or per device with bn_per_device). BigGAN's "standing statistics";
+  the EMA generator's statistics (train.py). Compiled once, on all devices."""
+
+  def __init__(self, config, generator, mesh, num_batches: int, batch_size: int):
+    one_batch = generator.clone(bn_momentum=0.0)  # stored statistics = this batch's
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+    per_example, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+
+    def statistics(variables, key):
+      def add_batch(i, total):
+        z, y = jax.lax.with_sharding_constraint(
+            random_batch(jax.random.fold_in(key, i), batch_size, config), per_example)
+        _, new = generator_forward(config, one_batch, mesh, variables, z, y, ['batch_stats'])
+        return jax.tree.map(jnp.add, total, new['batch_stats'])
+      zeros = jax.tree.map(jnp.zeros_like, variables['batch_stats'])
+      total = jax.lax.fori_loop(0, num_batches, add_batch, zeros)
+      return jax.tree.map(lambda x: x / num_batches, total)
+
+    self.batch_size = batch_size
+    self._statistics = jax.jit(statistics, in_shardings=(replicated, replicated),
+                               out_shardings=replicated)
+
+  def __call__(self, variables, key) -> dict:
+    return dict(variables, batch_stats=self._statistics(variables, key))

@@ -28,6 +28,8 @@ class TrainState:
   g_spectral: Any  # spectral-norm u vectors of G
   g_opt_state: Any
   ema_params: Any  # exponential moving average of g_params
+  ema_batch_stats: Any  # BN statistics of the EMA weights themselves (standing statistics,
+  #   recomputed by the loop before every use of the EMA G: with_ema_statistics)
   d_params: Any
   d_spectral: Any
   d_opt_state: Any
@@ -61,6 +63,7 @@ def create_train_state(config, generator, discriminator, rng) -> TrainState:
       g_params=g_vars['params'], g_batch_stats=g_vars['batch_stats'],
       g_spectral=g_vars['spectral'], g_opt_state=g_tx.init(g_vars['params']),
       ema_params=jax.tree.map(jnp.copy, g_vars['params']),
+      ema_batch_stats=jax.tree.map(jnp.copy, g_vars['batch_stats']),
       d_params=d_vars['params'], d_spectral=d_vars['spectral'],
       d_opt_state=d_tx.init(d_vars['params']),
       skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
@@ -70,6 +73,16 @@ def init_train_state(config, generator, discriminator, mesh, seed: int) -> Train
   """The initial state, created directly replicated on the mesh."""
   return jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
                  out_shardings=NamedSharding(mesh, P()))(jax.random.PRNGKey(seed))
+
+
+def generator_variables(state: TrainState, ema: bool) -> dict:
+  """G's variables from the training state: the EMA weights with their own BN
+  statistics, or the raw weights with the moving averages kept in training."""
+  if ema:
+    return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats,
+            'spectral': state.g_spectral}
+  return {'params': state.g_params, 'batch_stats': state.g_batch_stats,
+          'spectral': state.g_spectral}
 
 
 def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
@@ -96,21 +109,6 @@ def sigma_summary(state: TrainState) -> dict[str, jax.Array]:
 
 # Update step
 
-def generator_forward(config, generator, mesh, variables, z, y, mutable):
-  """G in training mode. BN statistics are over the global batch, or with
-  `bn_per_device` over each device's part (the moving averages kept are then
-  the mean over devices)."""
-  if not config.bn_per_device:
-    return generator.apply(variables, z, y, train=True, mutable=mutable)
-
-  def local(variables, z, y):  # one device's z [B / devices, z_dim]
-    images, new = generator.apply(variables, z, y, train=True, mutable=mutable)
-    return images, dict(new, batch_stats=jax.lax.pmean(new['batch_stats'], 'data'))
-
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P('data'), P('data')),
-                       out_specs=(P('data'), P()))(variables, z, y)
-
-
 def all_finite(loss, grads) -> jax.Array:
   return jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
@@ -133,14 +131,14 @@ def make_train_step(config, generator, discriminator, mesh):
     # Shard fakes like the real batch: each device generates only its part.
     return jax.lax.with_sharding_constraint((z, y), per_example)
 
-  def g_variables(state, params):
-    return {'params': params, 'batch_stats': state.g_batch_stats, 'spectral': state.g_spectral}
+  def g_variables(state, params):  # the raw G's, with `params` to differentiate
+    return dict(generator_variables(state, ema=False), params=params)
 
   def d_step(state, images, labels, key):
     """One D update on a real and a fresh fake batch; D's u advances once."""
     z, y_fake = latents(key, images.shape[0])
     # G uses batch statistics but updates neither its BN averages nor its u here.
-    fake, _ = generator_forward(config, generator, mesh, g_variables(state, state.g_params),
+    fake, _ = sampling.generator_forward(config, generator, mesh, g_variables(state, state.g_params),
                                 z, y_fake, mutable=['batch_stats'])
     real = images.astype(jnp.float32) / 127.5 - 1.0
     # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
@@ -167,7 +165,7 @@ def make_train_step(config, generator, discriminator, mesh):
     z, y = latents(key, config.batch_size)
 
     def loss_fn(g_params):
-      fake, new = generator_forward(config, generator, mesh, g_variables(state, g_params), z, y,
+      fake, new = sampling.generator_forward(config, generator, mesh, g_variables(state, g_params), z, y,
                                     mutable=['batch_stats', 'spectral'])
       d_fake = discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
                                    fake, y)
@@ -289,6 +287,35 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         m.close()
 
 
+class EMAStatistics:
+  """state -> state with `ema_batch_stats` measured from the EMA weights
+  (sampling.StandingStatistics: the mean statistics of config.ema_bn_batches
+  generated batches of config.batch_size), once per step.
+
+  Why not the raw G's moving averages: they are statistics of other weights,
+  and the EMA G sampled with them is a blurred average (issue 16). Why not an
+  average kept up to date inside the train step: that is one more G forward
+  pass on every step (about 1/13 of the step's work), while the EMA is used
+  only for grids, evaluations and checkpoints; measured at each use, the
+  statistics are also exactly those of the weights in use, with no lag. The
+  batches come from the seed and the step, so a resumed run computes the same
+  statistics as an uninterrupted one."""
+
+  def __init__(self, config, generator, mesh):
+    self._standing = sampling.StandingStatistics(config, generator, mesh, config.ema_bn_batches,
+                                                 config.batch_size)
+    self._key = jax.random.PRNGKey(config.seed + 2)  # seed + 1: the grids' noise
+    self._step = None  # the step they were last measured at
+
+  def __call__(self, state: TrainState) -> TrainState:
+    step = int(state.step)
+    if step != self._step:
+      stats = self._standing(generator_variables(state, ema=True),
+                             jax.random.fold_in(self._key, step))['batch_stats']
+      state, self._step = state.replace(ema_batch_stats=stats), step
+    return state
+
+
 class Evaluator:
   """In-training evaluation of the raw and EMA G (evaluation.py); set up, with
   the reference statistics, before anything is compiled for training."""
@@ -308,14 +335,17 @@ class Evaluator:
     except ValueError as e:
       raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
     self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
+    self.floor = evaluation.floor(config, self.extractor, self.reference,
+                                  config.eval_num_samples, evaluation.reference_dir(config, workdir))
+    logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
+                 config.eval_num_samples, format_metrics(self.floor))
 
   def __call__(self, state: TrainState) -> dict:
     """{'eval/ema/fid': ..., 'eval/raw/fid': ..., ...}."""
     out = {}
-    for name, params in (('ema', state.ema_params), ('raw', state.g_params)):
-      variables = {'params': params, 'batch_stats': state.g_batch_stats,
-                   'spectral': state.g_spectral}
-      result = self.evaluation.evaluate(self.images, variables, self.config, self.extractor,
+    for name in ('ema', 'raw'):
+      result = self.evaluation.evaluate(self.images, generator_variables(state, name == 'ema'),
+                                        self.config, self.extractor,
                                         self.reference, self.config.eval_num_samples,
                                         seed=self.config.seed, class_ref=self.class_ref,
                                         classes=self.classes)
@@ -323,6 +353,11 @@ class Evaluator:
       out.update({f'eval/{name}/{k}': v for k, v in result.items()
                   if k != 'num_samples' and not isinstance(v, dict)})
     return out
+
+
+def format_metrics(metrics: dict) -> str:
+  return ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
+                  if '_per_s' not in k and not k.endswith('_std') and k != 'seconds')
 
 
 def _train(config, workdir, data, mesh, generator, discriminator, image_sampler, manager,
@@ -337,6 +372,9 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
     logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step),
                  checkpoint.checkpoint_dir(workdir))
   train_step = compile_train_step(config, generator, discriminator, mesh)
+  logging.info('Compiling the train step and the samplers (a restart with the same config '
+               'loads them from the compilation cache).')
+  with_ema_statistics = EMAStatistics(config, generator, mesh)
 
   is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
   sample_dir = epath.Path(workdir) / 'samples'
@@ -351,15 +389,15 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
     """The fixed-noise grids of the raw and the EMA G: PNGs and TensorBoard images."""
     rows = min(config.sample_classes, config.num_classes)
     grids = {}
-    for name, params in (('raw', state.g_params), ('ema', state.ema_params)):
-      images = image_sampler({'params': params, 'batch_stats': state.g_batch_stats,
-                              'spectral': state.g_spectral}, z, labels)
+    for name in ('raw', 'ema'):
+      images = image_sampler(generator_variables(state, ema=name == 'ema'), z, labels)
       if is_main:
         grids[f'samples/{name}'] = sampling.save_grid(images, rows,
                                                       sample_dir / f'{step:07d}_{name}.png')
     writer.images(step, grids)
 
   if first_step == 0:
+    state = with_ema_statistics(state)
     write_samples(state, first_step)
   images_per_step = config.batch_size * config.num_d_steps
   progress = logs.Progress('step', config.num_train_steps, 'steps', first_step,
@@ -385,11 +423,12 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
                               'images_per_s': progress.rate * images_per_step,
                               'g_lr': config.g_lr, 'd_lr': config.d_lr})
       if done % config.sample_every_steps == 0 or last:
+        state = with_ema_statistics(state)
         write_samples(state, done)
       if evaluator and (done % config.eval_every_steps == 0 or last):
+        state = with_ema_statistics(state)
         results = evaluator(state)
-        logging.info('eval at step %d | %s', done,
-                     ' '.join(f'{k} {v:.4f}' for k, v in results.items() if '_per_s' not in k))
+        logging.info('eval at step %d | %s', done, format_metrics(results))
         writer.scalars(done, results)
         if check_finite(state, config, workdir) == 0:  # kept if its EMA distance is the least
           checkpoint.save(best, state, data, config,
@@ -400,6 +439,7 @@ def _train(config, workdir, data, mesh, generator, discriminator, image_sampler,
         # steps never rotates out the checkpoints from before it.
         streak = check_finite(state, config, workdir)
         if streak == 0 or last or preempted:
+          state = with_ema_statistics(state)
           checkpoint.save(manager, state, data, config)
       if preempted:
         manager.wait_until_finished()

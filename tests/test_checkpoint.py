@@ -3,6 +3,7 @@ restore on another device count, and a changed config."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,10 @@ def test_restore_on_one_device_gives_the_same_samples(runs, tmp_path):
   assert step == 4 and config.ch == 2
   # Only G is read: the EMA weights by default, the raw ones on request.
   jax.tree.map(np.testing.assert_array_equal, variables['params'], resumed.ema_params)
+  # ... with the EMA weights' own batch-norm statistics, not the raw G's moving averages.
+  jax.tree.map(np.testing.assert_array_equal, variables['batch_stats'], resumed.ema_batch_stats)
+  assert not np.allclose(jax.tree.leaves(variables['batch_stats'])[0],
+                         jax.tree.leaves(resumed.g_batch_stats)[0], atol=1e-3)
   raw, _, _ = checkpoint.restore_generator(split, mesh, step=2, ema=False)
   assert not np.array_equal(jax.tree.leaves(raw['params'])[0],
                             jax.tree.leaves(resumed.g_params)[0])
@@ -89,6 +94,31 @@ def test_restore_on_one_device_gives_the_same_samples(runs, tmp_path):
                           env=single_device_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   np.testing.assert_allclose(np.load(tmp_path / 'one.npy'), on_eight, atol=1e-6)
+
+
+def test_a_checkpoint_from_before_the_ema_statistics_resumes_and_samples(runs, tfds_dir,
+                                                                         tmp_path):
+  import orbax.checkpoint as ocp
+  copies = {}
+  for name in ('intact', 'old'):
+    copies[name] = str(tmp_path / name)
+    shutil.copytree(runs[1], copies[name], ignore=shutil.ignore_patterns('compilation_cache'))
+  state_dir = os.path.join(copies['old'], 'checkpoints', '4', 'state')
+  saved = ocp.StandardCheckpointer().restore(state_dir)
+  del saved['ema_batch_stats']  # as written before the field existed
+  shutil.rmtree(state_dir)
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(state_dir, saved)
+  # Sampling measures the EMA G's statistics as training would have at that step.
+  variables, _, _ = checkpoint.restore_generator(copies['old'], train.make_mesh())
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               variables['batch_stats'], jax.device_get(runs[3].ema_batch_stats))
+  # Training resumes from it exactly as from the intact checkpoint.
+  config = shapes_config(tfds_dir, num_train_steps=5, checkpoint_every_steps=2)
+  states = {name: jax.device_get(train.train_and_evaluate(config, workdir))
+            for name, workdir in copies.items()}
+  assert int(states['old'].step) == 5
+  jax.tree.map(np.testing.assert_array_equal, states['old'], states['intact'])
 
 
 def test_restore_errors_say_what_is_missing(runs, tmp_path):

@@ -19,6 +19,15 @@ def classifier_weights(tfds_dir, tmp_path_factory):
   return path
 
 
+def test_shipped_classifier_knows_the_test_split(tfds_dir):
+  """The weights evaluation uses by default (sagan_jax/assets) classify the
+  embedded dataset's test split: accuracy, and class-consistent features."""
+  images, labels = classifier.split_arrays(tfds_dir, 'test')
+  extractor = evaluation.Extractor('classifier', classifier.SHIPPED, train.make_mesh(), 10)
+  features, logits = extractor(images)
+  assert (logits.argmax(-1) == labels).mean() >= 0.99
+
+
 def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weights, tmp_path):
   options = modes.Options(num_samples=48, batch_size=16, classifier_weights=classifier_weights,
                           out=str(tmp_path / 'a'))
@@ -126,3 +135,23 @@ def test_training_evaluates_and_keeps_the_best_checkpoint_apart(tfds_dir, classi
   assert sorted(int(n) for n in os.listdir(tmp_path / 'checkpoints') if n.isdigit()) == [6]
   _, _, step = checkpoint.restore_generator(str(tmp_path), train.make_mesh(), best=True)
   assert step == best_step
+
+
+def test_colours_recover_the_embedded_datasets_random_colours():
+  from sagan_jax import shapes_dataset
+  image = np.zeros((32, 32, 3), np.uint8) + np.uint8([25, 51, 0])  # background
+  image[8:20, 10:22] = [230, 128, 153]  # a square foreground
+  vectors, both = evaluation.colours(np.stack([image, np.zeros_like(image)]))
+  np.testing.assert_allclose(vectors[0], np.array([230, 128, 153, 25, 51, 0]) / 255, atol=1e-5)
+  assert both.tolist() == [True, False]  # an all-dark image has no foreground
+  # The dataset draws the foreground from U[0.45, 1]^3 and the background from U[0, 0.3]^3,
+  # independently of the class: its colour diversity is the mean distance of two such draws.
+  images, labels = map(np.stack, zip(*shapes_dataset.generate(1000, seed=5)))
+  rng = np.random.default_rng(0)
+  draw = lambda: np.concatenate([rng.uniform(0.45, 1, (200_000, 3)),
+                                 rng.uniform(0, 0.3, (200_000, 3))], 1)
+  expected = np.linalg.norm(draw() - draw(), axis=1).mean()
+  assert abs(evaluation.colour_diversity(images, labels) / expected - 1) < 0.03
+  # One colour pair for every image of a class: none.
+  same = np.stack([image] * 20)
+  assert evaluation.colour_diversity(same, np.arange(20) % 2) < 1e-6

@@ -81,3 +81,18 @@ def test_kid_matches_numpy_reference():
   assert mean == pytest.approx(expected, rel=1e-10) and std == 0
   same = rng.normal(size=(400, 8))
   assert abs(metrics.kernel_inception_distance(same[:200], same[200:], 10, 200)[0]) < 0.05
+
+
+def test_within_class_diversity_is_the_mean_pairwise_distance_per_class():
+  rng = np.random.default_rng(0)
+  x, labels = rng.normal(size=(30, 5)), np.repeat([0, 1, 2], 10)
+  expected = np.mean([np.mean([np.linalg.norm(a - b) for i, a in enumerate(x[labels == c])
+                               for j, b in enumerate(x[labels == c]) if i != j])
+                      for c in range(3)])
+  assert np.isclose(metrics.within_class_diversity(x, labels), expected)
+  # Each class one point repeated: no diversity, however far apart the classes are.
+  assert metrics.within_class_diversity(np.repeat(np.eye(3) * 100, 4, 0), np.repeat([0, 1, 2], 4)) < 1e-5
+  assert np.isnan(metrics.within_class_diversity(x[:3], np.arange(3)))  # no class has two
+  # Unit-variance Gaussians in d dims: E|a - b| ~ sqrt(2 d).
+  big = rng.normal(size=(4000, 64))
+  assert abs(metrics.within_class_diversity(big, np.arange(4000) % 2) / np.sqrt(128) - 1) < 0.02

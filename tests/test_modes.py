@@ -55,18 +55,26 @@ def test_truncation_redraws_large_values():
 
 
 def test_standing_statistics_average_per_batch_statistics(runs):
-  variables, config, _ = checkpoint.restore_generator(runs[1], train.make_mesh())
+  mesh = train.make_mesh()
+  variables, config, _ = checkpoint.restore_generator(runs[1], mesh)
   generator = make_models(config)[0]
-  keys = jax.random.split(jax.random.PRNGKey(3), 2)
-  one = [sampling.standing_statistics(generator, variables, config, [k], 8) for k in keys]
-  both = sampling.standing_statistics(generator, variables, config, keys, 8)
-  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(c, (a + b) / 2, rtol=1e-6),
-               one[0]['batch_stats'], one[1]['batch_stats'], both['batch_stats'])
+  key = jax.random.PRNGKey(3)
+  one = sampling.StandingStatistics(config, generator, mesh, 1, 8)
+  two = sampling.StandingStatistics(config, generator, mesh, 2, 8)
+  # Batch i is drawn from fold_in(key, i); each batch's own statistics, measured directly:
+  z0, y0 = sampling.random_batch(jax.random.fold_in(key, 0), 8, config)
+  z1, y1 = sampling.random_batch(jax.random.fold_in(key, 1), 8, config)
+  alone = [generator.clone(bn_momentum=0.0).apply(variables, z, y, train=True,
+                                                  mutable=['batch_stats'])[1]['batch_stats']
+           for z, y in ((z0, y0), (z1, y1))]
+  both = two(variables, key)
+  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(c, (a + b) / 2, rtol=1e-5, atol=1e-6),
+               alone[0], alone[1], both['batch_stats'])
   # Statistics of one batch: inference on that batch is training-mode G on it.
-  z, y = sampling.random_batch(keys[0], 8, config)
-  trained, _ = generator.apply(variables, z, y, train=True, mutable=['batch_stats'])
-  np.testing.assert_allclose(generator.apply(one[0], z, y, train=False), trained, atol=2e-5)
-  assert not np.allclose(generator.apply(variables, z, y, train=False), trained, atol=1e-3)
+  first = one(variables, key)
+  trained, _ = generator.apply(variables, z0, y0, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(generator.apply(first, z0, y0, train=False), trained, atol=2e-5)
+  assert not np.allclose(generator.apply(variables, z0, y0, train=False), trained, atol=1e-3)
 
 
 def test_interpolate_mode_strips(runs, tmp_path):

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from sagan_jax import train
+from sagan_jax import sampling, train
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.models import make_models
 from processes import run_workers
@@ -90,11 +90,10 @@ def test_batch_must_divide_over_devices_and_processes():
 def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
   config = tiny_config(bn_per_device=True)
   state = tiny.new_state()
-  variables = {'params': state.g_params, 'batch_stats': state.g_batch_stats,
-               'spectral': state.g_spectral}
+  variables = train.generator_variables(state, ema=False)
   z = jax.random.normal(jax.random.PRNGKey(3), (8, config.z_dim))
   y = np.arange(8, dtype=np.int32) % config.num_classes
-  forward = jax.jit(lambda v, z, y: train.generator_forward(
+  forward = jax.jit(lambda v, z, y: sampling.generator_forward(
       config, tiny.generator, tiny.mesh, v, z, y, mutable=['batch_stats']))
   images, new = forward(variables, z, y)
   # Reference: each device's part (one example) through G on its own.

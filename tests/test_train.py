@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from sagan_jax import train
+from sagan_jax import sampling, train
 
 
 def host(tree):
@@ -102,6 +102,41 @@ def test_ema_copies_then_follows_its_formula(tiny):
                           s1.ema_params, s2.g_params)
   assert_tree_close(s2.ema_params, expected, rtol=1e-6, atol=1e-7)
   assert max_distance(s2.ema_params, s2.g_params) > 0  # and no longer a copy
+
+
+def test_ema_generator_has_batch_statistics_of_its_own_weights(tiny):
+  c = tiny.config.copy_and_resolve_references()
+  c.ema_bn_batches = 1
+  ema_statistics = train.EMAStatistics(c, tiny.generator, tiny.mesh)
+  state, _ = tiny.train_step(tiny.new_state(), tiny.batch(2))
+  # After step 0 (< ema_start_step) the EMA is a copy: the EMA G is the raw weights measured on the
+  # EMA's batch, so it equals the raw G given those statistics.
+  copy = ema_statistics(state)
+  ema = train.generator_variables(copy, ema=True)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed + 2), 1), 0)
+  z, y = sampling.random_batch(key, c.batch_size, c)  # the one batch it was measured on
+  raw = train.generator_variables(copy, ema=False)
+  _, measured = tiny.generator.clone(bn_momentum=0.0).apply(raw, z, y, train=True,
+                                                            mutable=['batch_stats'])
+  assert_tree_close(ema['batch_stats'], measured['batch_stats'], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(tiny.generator.apply(ema, z, y, train=False),
+                             tiny.generator.apply(dict(raw, **measured), z, y, train=False),
+                             atol=1e-5)
+  # Later the EMA weights differ from the raw ones, and so do their statistics: those of
+  # its own batches (inference with them on that batch is training mode on it), not the
+  # raw G's moving averages.
+  state, _ = tiny.train_step(copy, tiny.batch(3))
+  state, _ = tiny.train_step(state, tiny.batch(4))
+  state = ema_statistics(state)
+  assert int(state.step) == 3
+  ema, raw = train.generator_variables(state, True), train.generator_variables(state, False)
+  assert max_distance(host(ema['params']), host(raw['params'])) > 1e-4
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed + 2), 3), 0)
+  z, y = sampling.random_batch(key, c.batch_size, c)
+  trained, _ = tiny.generator.apply(ema, z, y, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(tiny.generator.apply(ema, z, y, train=False), trained, atol=2e-5)
+  assert max_distance(host(ema['batch_stats']), host(raw['batch_stats'])) > 1e-2
+  assert ema_statistics(state) is state  # measured once per step
 
 
 def test_many_steps_compile_once(tiny):
