@@ -169,3 +169,16 @@ def test_tensorboard_has_the_scalars_and_sample_grids(runs):
   grid = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'))
   np.testing.assert_array_equal(grid, png(os.path.join(runs[0], 'samples',
                                                        '0000004_ema.png'))[::2, ::2])
+
+
+def test_plot_draws_curves_samples_and_attention_of_g_and_d(runs, tmp_path):
+  from sagan_jax import plot
+  series = plot.read_metrics(runs[1])
+  steps, losses = series['d_loss']
+  assert steps.tolist() == [1, 2, 3, 4] and np.isfinite(losses).all()  # every step once
+  plot.plot_curves(series, tmp_path / 'curves.png')
+  plot.plot_samples(runs[1], tmp_path / 'samples.png', num_grids=2)
+  plot.plot_attention(runs[1], tmp_path / 'attention.png', '0,1', seed=0)
+  for name in ('curves', 'samples', 'attention'):
+    image = png(tmp_path / f'{name}.png')
+    assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 10, name
