@@ -80,7 +80,9 @@ def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: 
   import tensorflow_datasets as tfds
   builder = input_pipeline.get_builder(config)
   image = builder.info.features['image']
-  ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  # No auto-cache: a small dataset would be cached, then read only in part (num).
+  ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()},
+                          read_config=tfds.ReadConfig(try_autocache=False))
   if classes is not None:
     wanted = tf.constant(classes, tf.int64)
     ds = ds.filter(lambda ex: tf.reduce_any(tf.cast(ex['label'], tf.int64) == wanted))

@@ -58,6 +58,8 @@ def _builder(config) -> tfds.core.DatasetBuilder:
       raise DataError(f'config.dataset={name!r}: {root} must be a folder of class folders, '
                       'ROOT/<class>/<image>')
     builder = resized_dataset.builder(name, config.image_size, data_dir)
+    if not builder.is_prepared():
+      logging.info('Preparing the image folder %s in %s (once).', root, builder.data_dir)
     builder.download_and_prepare()  # local files only
     return builder
   if name.startswith(RESIZED):
@@ -69,6 +71,8 @@ def _builder(config) -> tfds.core.DatasetBuilder:
     return builder
   builder = tfds.builder(name, data_dir=config.data_dir or None, try_gcs=False)
   if name == EMBEDDED:
+    if not builder.is_prepared():
+      logging.info('Preparing %s in %s (once, about 5 s).', name, builder.data_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder

@@ -48,6 +48,8 @@ def quiet_console() -> None:
     finally:
       os.dup2(stderr, 2)
       os.close(stderr)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # its bars while a dataset is prepared; we log one line
 
 
 def format_duration(seconds: float) -> str:

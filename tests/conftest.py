@@ -70,3 +70,8 @@ def runs(tfds_dir, tmp_path_factory):
   straight_state = train.train_and_evaluate(config(4), straight)
   assert int(train.train_and_evaluate(config(2), split).step) == 2
   return straight, split, straight_state, train.train_and_evaluate(config(4), split)
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: a long end-to-end run; -m "not slow" leaves it out '
+                          'locally, CI runs it')

@@ -1,23 +1,28 @@
-"""Training learns: the quickstart's own config, run by main.py for a few
-hundred steps, judged by its end-of-training evaluation with the shipped
-classifier. Fails if a change breaks learning while every unit test passes."""
+"""Training learns: the quickstart's own config at 8 channels (3x faster per
+step), run by main.py for 500 steps, judged by its end-of-training evaluation
+with the shipped classifier. Fails if a change breaks learning while every unit
+test passes. The same run scored 30.9% (5,000 samples) in the ablations of
+BENCHMARKS.md."""
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from processes import single_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 300
+STEPS = 500
 
 
+@pytest.mark.slow
 def test_the_quickstart_draws_its_classes_far_above_chance(tfds_dir, tmp_path):
   env = single_device_env()  # and XLA's full optimisation: this test runs, more than compiles
   env['XLA_FLAGS'] = env['XLA_FLAGS'].replace('--xla_backend_optimization_level=0', '')
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
-       f'--config.data_dir={tfds_dir}', f'--config.num_train_steps={STEPS}',
+       f'--config.data_dir={tfds_dir}', '--config.ch=8', f'--config.num_train_steps={STEPS}',
        f'--config.eval_every_steps={STEPS}', '--config.eval_num_samples=1000',
        f'--config.sample_every_steps={STEPS}', f'--config.checkpoint_every_steps={STEPS}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -26,4 +31,4 @@ def test_the_quickstart_draws_its_classes_far_above_chance(tfds_dir, tmp_path):
   [evaluation] = [r for r in rows if 'eval/ema/class_accuracy' in r]
   assert evaluation['step'] == STEPS
   # Chance is 0.1; with 1,000 samples its standard deviation is 0.0095.
-  assert evaluation['eval/ema/class_accuracy'] >= 0.3, evaluation
+  assert evaluation['eval/ema/class_accuracy'] >= 0.2, evaluation

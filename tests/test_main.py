@@ -10,17 +10,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_readme_quickstart_command(tfds_dir, tmp_path):
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
-       '--config.num_train_steps=4', '--config.log_every_steps=2', f'--config.data_dir={tfds_dir}'],
+       '--config.num_train_steps=4', '--config.log_every_steps=2', f'--config.data_dir={tfds_dir}',
+       '--config.eval_num_samples=100'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'step 4/4' in result.stderr and 'images/s' in result.stderr and 'ETA' in result.stderr
   assert os.path.exists(tmp_path / 'samples' / '0000004_ema.png')
   # A quiet console: this program's lines, none of Orbax's, JAX's or TensorFlow's chatter.
   lines = result.stderr.strip().splitlines()
-  assert len(lines) <= 12, result.stderr
-  for noise in ('orbax', 'CheckpointManager', 'oneDNN', 'libtpu', 'absl::InitializeLog'):
+  assert len(lines) <= 14, result.stderr
+  for noise in ('orbax', 'CheckpointManager', 'oneDNN', 'libtpu', 'absl::InitializeLog',
+                'cache_dataset_ops'):
     assert noise not in result.stderr, noise
   assert 'Saving the checkpoint of step 4' in result.stderr
+  # The quickstart evaluates itself at its last step, against the floor it logged first.
+  assert 'Evaluation floor (100 real images' in result.stderr
+  assert 'eval at step 4 | eval/ema/frechet_distance' in result.stderr
+  assert 'eval/ema/colour_diversity_vs_data' in result.stderr
 
 
 def test_main_trains_the_cifar10_config_under_mock_data(tmp_path):
