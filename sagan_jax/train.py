@@ -295,7 +295,7 @@ class EMAStatistics:
   Why not the raw G's moving averages: they are statistics of other weights,
   and the EMA G sampled with them is a blurred average (issue 16). Why not an
   average kept up to date inside the train step: that is one more G forward
-  pass on every step (about 1/13 of the step's work), while the EMA is used
+  pass on every step (about 1/13 of the step's work, counting passes), while the EMA is used
   only for grids, evaluations and checkpoints; measured at each use, the
   statistics are also exactly those of the weights in use, with no lag. The
   batches come from the seed and the step, so a resumed run computes the same
