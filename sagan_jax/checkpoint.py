@@ -223,7 +223,7 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
                     config.ema_bn_batches)
     standing = sampling.StandingStatistics(config, generator, mesh, config.ema_bn_batches,
                                            config.batch_size)
-    variables = standing(variables, jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step))
+    variables = standing(variables, sampling.ema_statistics_key(config.seed, step))
   return variables, config, step
 
 

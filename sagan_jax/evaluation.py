@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, sampling,
                        shapes_dataset)
 from sagan_jax.config import class_indices
+from sagan_jax.mesh import make_mesh
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
 
@@ -306,14 +307,13 @@ def main(argv):
   """Fills config.reference_dir with the statistics that runs of this config
   will read: overall ones for --num_samples, and per class with --intra_class."""
   del argv
-  from sagan_jax import train
   from sagan_jax.config import validate
   f = flags.FLAGS
   config = f.config
   if not config.reference_dir:
     raise app.UsageError('set --config.reference_dir=DIR, the directory runs will read it from')
   validate(config, jax.device_count(), jax.process_count())
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   extractor = make_extractor(config, mesh, f.features, f.inception_weights,
                              f.classifier_weights)
   references(config, extractor, f.num_samples, config.reference_dir, f.intra_class)

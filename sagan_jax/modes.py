@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from sagan_jax import checkpoint, logs, sampling
 from sagan_jax.config import class_indices
 from sagan_jax.models import make_models
-from sagan_jax.train import make_mesh
+from sagan_jax.mesh import make_mesh
 
 
 class ModeError(ValueError):

@@ -97,6 +97,13 @@ def generator_forward(config, generator, mesh, variables, z, y, mutable):
                        out_specs=(P('data'), P()))(variables, z, y)
 
 
+def ema_statistics_key(seed: int, step: int):
+  """The key of the batches that measure the EMA G's statistics at `step` (seed + 1 is
+  the grids' noise): from the seed and the step alone, so a resumed run measures
+  what an uninterrupted one would."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed + 2), step)
+
+
 class StandingStatistics:
   """(G's variables, key) -> the same variables with batch-norm statistics that
   belong to their weights: the mean over `num_batches` generated batches

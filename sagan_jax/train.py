@@ -12,10 +12,11 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import checkpoint, input_pipeline, logs, sampling
+from sagan_jax import checkpoint, evaluation, input_pipeline, logs, sampling
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.layers import spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
+from sagan_jax.mesh import make_mesh
 from sagan_jax.models import make_models
 
 
@@ -38,13 +39,6 @@ class TrainState:
 
 
 # Set-up
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
-
 
 def make_optimizers(config):
   """Adam for G and D at two learning rates (TTUR)."""
@@ -304,14 +298,14 @@ class EMAStatistics:
   def __init__(self, config, generator, mesh):
     self._standing = sampling.StandingStatistics(config, generator, mesh, config.ema_bn_batches,
                                                  config.batch_size)
-    self._key = jax.random.PRNGKey(config.seed + 2)  # seed + 1: the grids' noise
+    self._seed = config.seed
     self._step = None  # the step they were last measured at
 
   def __call__(self, state: TrainState) -> TrainState:
     step = int(state.step)
     if step != self._step:
       stats = self._standing(generator_variables(state, ema=True),
-                             jax.random.fold_in(self._key, step))['batch_stats']
+                             sampling.ema_statistics_key(self._seed, step))['batch_stats']
       state, self._step = state.replace(ema_batch_stats=stats), step
     return state
 
@@ -321,7 +315,6 @@ class Evaluator:
   the reference statistics, before anything is compiled for training."""
 
   def __init__(self, config, mesh, workdir, image_sampler):
-    from sagan_jax import evaluation
     self.config, self.evaluation = config, evaluation
     self.images = image_sampler
     try:
