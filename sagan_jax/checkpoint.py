@@ -210,7 +210,8 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
       jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),
       train=False))
   params, stats = ('ema_params', 'ema_batch_stats') if ema else ('g_params', 'g_batch_stats')
-  measured = stats in saved_fields(manager, step)  # False: written before the EMA G had statistics of its own
+  # False: written before the EMA G had statistics of its own.
+  measured = stats in saved_fields(manager, step)
   wanted = abstract({params: shapes['params'], 'g_spectral': shapes['spectral'],
                      (stats if measured else 'g_batch_stats'): shapes['batch_stats']}, mesh)
   restored = _read_fields(manager, step, wanted)

@@ -225,7 +225,8 @@ def floor(config, extractor: Extractor, reference: dict, num: int, cache_dir: st
   if config.dataset == 'sagan_shapes':
     real = lambda: map(np.stack, zip(*shapes_dataset.generate(num, seed=2)))
   else:
-    splits = [s for s in ('test', 'validation') if s in input_pipeline.get_builder(config).info.splits]
+    available = input_pipeline.get_builder(config).info.splits
+    splits = [s for s in ('test', 'validation') if s in available]
     if not splits:
       return {}
     real = lambda: map(np.concatenate, zip(*dataset_batches(config, splits[0], num)))

@@ -71,7 +71,8 @@ def plot_curves(series: dict, path) -> None:
   for ax, (title, names, log) in zip(axes.flat, panels):
     for name in names:
       steps, values = series[name]
-      ax.plot(steps, values, label=name.replace('eval/', ''), marker='o' if len(steps) < 30 else None)
+      ax.plot(steps, values, label=name.replace('eval/', ''),
+              marker='o' if len(steps) < 30 else None)
     ax.set_title(title)
     ax.set_xlabel('step')
     if log:

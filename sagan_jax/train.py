@@ -132,7 +132,8 @@ def make_train_step(config, generator, discriminator, mesh):
     """One D update on a real and a fresh fake batch; D's u advances once."""
     z, y_fake = latents(key, images.shape[0])
     # G uses batch statistics but updates neither its BN averages nor its u here.
-    fake, _ = sampling.generator_forward(config, generator, mesh, g_variables(state, state.g_params),
+    fake, _ = sampling.generator_forward(config, generator, mesh,
+                                         g_variables(state, state.g_params),
                                 z, y_fake, mutable=['batch_stats'])
     real = images.astype(jnp.float32) / 127.5 - 1.0
     # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
@@ -159,7 +160,8 @@ def make_train_step(config, generator, discriminator, mesh):
     z, y = latents(key, config.batch_size)
 
     def loss_fn(g_params):
-      fake, new = sampling.generator_forward(config, generator, mesh, g_variables(state, g_params), z, y,
+      fake, new = sampling.generator_forward(config, generator, mesh, g_variables(state, g_params),
+                                             z, y,
                                     mutable=['batch_stats', 'spectral'])
       d_fake = discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
                                    fake, y)
@@ -329,7 +331,8 @@ class Evaluator:
       raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
     self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
     self.floor = evaluation.floor(config, self.extractor, self.reference,
-                                  config.eval_num_samples, evaluation.reference_dir(config, workdir))
+                                  config.eval_num_samples,
+                                  evaluation.reference_dir(config, workdir))
     logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
                  config.eval_num_samples, format_metrics(self.floor))
 

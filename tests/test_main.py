@@ -71,7 +71,8 @@ def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
       (quick,): '--workdir is required',
       (quick, wd, '--config.ch=abc'): "flag --config.ch=abc: invalid literal for int()",
       (quick, wd, '--config.chh=4'): "config.chh is not a known field; did you mean 'ch'?",
-      ('--config=configs/nope.py', wd): '--config=configs/nope.py does not load: [Errno 2] No such file',
+      ('--config=configs/nope.py', wd):
+          '--config=configs/nope.py does not load: [Errno 2] No such file',
       (quick, wd, '--num_samples=5'): '--num_samples is an option of the sample, interpolate',
       ('--mode=sample', wd, '--config.ch=4'): 'modes read the config from the checkpoint',
       ('--mode=sample', wd, quick): 'leave out --config and --config.FIELD',

@@ -91,7 +91,8 @@ def test_within_class_diversity_is_the_mean_pairwise_distance_per_class():
                       for c in range(3)])
   assert np.isclose(metrics.within_class_diversity(x, labels), expected)
   # Each class one point repeated: no diversity, however far apart the classes are.
-  assert metrics.within_class_diversity(np.repeat(np.eye(3) * 100, 4, 0), np.repeat([0, 1, 2], 4)) < 1e-5
+  apart = np.repeat(np.eye(3) * 100, 4, 0)
+  assert metrics.within_class_diversity(apart, np.repeat([0, 1, 2], 4)) < 1e-5
   assert np.isnan(metrics.within_class_diversity(x[:3], np.arange(3)))  # no class has two
   # Unit-variance Gaussians in d dims: E|a - b| ~ sqrt(2 d).
   big = rng.normal(size=(4000, 64))
