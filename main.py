@@ -3,18 +3,20 @@
   python main.py --config=configs/quickstart.py --workdir=/tmp/sagan
   python main.py --config=configs/imagenet128.py --workdir=... --config.batch_size=64
   python main.py --mode=sample --workdir=/tmp/sagan --classes=0,3 --truncation=1.0
-  python main.py --mode=sample --workdir=/tmp/sagan --num_samples=50000 --format=npz
+  python main.py --mode=sample --workdir=/tmp/sagan --export_samples=50000 --format=npz
   python main.py --mode=interpolate --workdir=/tmp/sagan
   python main.py --mode=attention --workdir=/tmp/sagan --queries='8,8;24,16'
-  python main.py --mode=eval --workdir=/tmp/sagan --num_samples=10000
+  python main.py --mode=eval --workdir=/tmp/sagan --eval_samples=10000
 
 The sample, interpolate, attention and eval modes read the config from the checkpoint.
 """
-import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from sagan_jax import options
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for samples, metrics and checkpoints.')
@@ -31,42 +33,21 @@ flags.DEFINE_bool('compilation_cache', True,
 flags.DEFINE_bool('verbose', False, "Also every library's INFO and WARNING lines (Orbax, JAX, "
                   'TensorFlow); by default only this program\'s lines and errors.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention', 'eval'],
-                  'train, or look at the latest (or --step) checkpoint in --workdir.')
-# Options of the sample, interpolate, attention and eval modes (sagan_jax/modes.py).
-flags.DEFINE_integer('step', None, 'Checkpoint step to load (default: the latest).')
-flags.DEFINE_bool('best', False, 'Load from WORKDIR/checkpoints_best (the best evaluated G of '
-                  'training with eval_every_steps).')
-flags.DEFINE_enum('generator', 'ema', ['ema', 'raw'], 'EMA or raw generator weights.')
-flags.DEFINE_string('classes', '', "Classes: '3,5,7', 'all', or '' for the config's first "
-                    'sample_classes.')
-flags.DEFINE_integer('per_class', 0, 'Images per class (0: the config\'s samples_per_class; '
-                     'attention: 1).')
-flags.DEFINE_float('truncation', 0.0, 'Truncation trick: redraw |z_i| > this (0: none).')
-flags.DEFINE_integer('seed', 0, 'Seed of the noise: the same seed gives the same images.')
-flags.DEFINE_integer('num_samples', 0, 'sample: also export this many images (e.g. 50000); '
-                     'eval: samples to evaluate (0: 50,000).')
-flags.DEFINE_enum('format', 'png', ['png', 'npz'],
-                  'sample export: PNG files, or one .npz of uint8 NHWC images and labels.')
-flags.DEFINE_integer('standing_stats', 0, "Re-estimate G's batch-norm statistics from this many "
-                     'generated batches before sampling (0: the moving averages).')
-flags.DEFINE_integer('batch_size', 64, 'Images per generator call.')
-flags.DEFINE_integer('steps', 8, 'interpolate: images per strip.')
-flags.DEFINE_string('queries', '', "attention: query pixels 'y,x;y,x' (default: four).")
-flags.DEFINE_string('out', '', 'Output directory of a mode (default: WORKDIR/<mode>).')
-flags.DEFINE_enum('features', '', ['', 'inception', 'classifier'],
-                  "eval: Inception-v3 (FID, IS, KID) or the embedded dataset's classifier "
-                  '(default for it).')
-flags.DEFINE_string('inception_weights', '', 'eval: the .npz python -m '
-                    'sagan_jax.convert_inception wrote.')
-flags.DEFINE_string('classifier_weights', '', 'eval: weights of python -m sagan_jax.classifier '
-                    '(default: the shipped ones, sagan_jax/assets).')
-flags.DEFINE_string('intra_class', '', "eval: also intra-class FID of these classes, '3,5,7' or "
-                    "'all' (default: the config's eval_intra_class).")
+                  'train, or look at the latest (or --checkpoint_step) checkpoint in --workdir.')
 flags.mark_flags_as_required(['workdir'])
-# The flags above that only the sample, interpolate, attention and eval modes read.
-MODE_FLAGS = ('step', 'best', 'generator', 'classes', 'per_class', 'truncation', 'seed',
-              'num_samples', 'format', 'standing_stats', 'batch_size', 'steps', 'queries', 'out',
-              'features', 'inception_weights', 'classifier_weights', 'intra_class')
+options.define_flags()  # the options of the sample, interpolate, attention and eval modes
+
+
+# Process counts that cluster launchers put in the environment of each process.
+LAUNCHER_COUNTS = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE')
+
+
+def launcher_process_count() -> tuple[str, int] | None:
+  """(variable, count) if a launcher started this process as one of several."""
+  for name in LAUNCHER_COUNTS:
+    if os.environ.get(name, '').isdigit() and int(os.environ[name]) > 1:
+      return name, int(os.environ[name])
+  return None
 
 
 def parse_flags(argv):
@@ -98,8 +79,13 @@ def parse_flags(argv):
       reason = str(e).strip().splitlines()[-1].strip()
       sys.exit(f'Config error: --config={FLAGS["config"].config_filename} does not load: '
                f'{reason}. Give a file of configs/, e.g. --config=configs/quickstart.py')
+  launched = launcher_process_count()
+  if launched and not (FLAGS.distributed or FLAGS.coordinator_address):
+    name, count = launched
+    sys.exit(f'Command-line error: this process is one of {count} ({name}={os.environ[name]}) '
+             'but would run alone: add --distributed so that they train as one job')
   if FLAGS.mode == 'train':
-    given = [name for name in MODE_FLAGS if FLAGS[name].present]
+    given = [name for name in options.NAMES if FLAGS[name].present]
     if given:
       sys.exit(f'Command-line error: --{given[0]} is an option of the sample, interpolate, '
                f'attention and eval modes, not of training (choose one with --mode, or set '
@@ -113,9 +99,7 @@ def parse_flags(argv):
 
 def run_mode(mode: str) -> None:
   from sagan_jax import modes
-  options = modes.Options(**{f.name: FLAGS[f.name].value
-                             for f in dataclasses.fields(modes.Options)})
-  written = modes.RUN[mode](FLAGS.workdir, options)
+  written = modes.RUN[mode](FLAGS.workdir, options.from_flags())
   paths = written[0] if mode == 'attention' else written
   for path in paths:
     logging.info('Wrote %s', path)
@@ -136,6 +120,9 @@ def main(argv):
 
   if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', f'{FLAGS.workdir}/compilation_cache')
+  if FLAGS.mode == 'train' and FLAGS.config is not None:
+    from sagan_jax.mesh import use_cpu_cores
+    use_cpu_cores(FLAGS.config.batch_size // max(FLAGS.num_processes or 1, 1))
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if jax.process_index() != 0:

@@ -15,7 +15,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sagan_jax import checkpoint, classifier, evaluation, sampling, train  # noqa: E402
+from sagan_jax import (checkpoint, classifier, evaluation, sampling, train,  # noqa: E402
+                       train_state)
 from sagan_jax.models import make_models  # noqa: E402
 
 flags.DEFINE_string('workdir', None, 'A workdir of a quickstart run.')
@@ -62,12 +63,12 @@ def main(argv):
   reference, class_ref, classes = evaluation.references(  # intra-class: every class
       config, extractor, FLAGS.num_samples, cache, 'all')
   images = sampling.ImageSampler(generator, mesh)
-  initial = train.init_train_state(config, generator, discriminator, mesh, config.seed)
+  initial = train.Update(config, generator, discriminator, mesh).init(config.seed)
   results = []
   for step in [0] + steps:
     if step == 0:
       # As training does before its step-0 grid: the EMA G with statistics of its own.
-      variables = train.generator_variables(
+      variables = train_state.generator_variables(
           train.EMAStatistics(config, generator, mesh)(initial), ema=True)
     else:
       variables, _, _ = checkpoint.restore_generator(FLAGS.workdir, mesh, step)

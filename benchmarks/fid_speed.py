@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sagan_jax import checkpoint, evaluation, inception, sampling, train
+from sagan_jax import evaluation, inception, sampling, train, train_state, weights
 from sagan_jax.models import make_models
 
 config_flags.DEFINE_config_file('config', None, 'Config whose G and image size to time.')
@@ -39,12 +39,13 @@ def main(argv):
   config = FLAGS.config
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  state = train.init_train_state(config, generator, discriminator, mesh, config.seed)
-  variables = train.generator_variables(state, ema=True)
-  weights = os.path.join(tempfile.mkdtemp(), 'random_inception.npz')
-  checkpoint.save_weights(inception.InceptionV3().init(
-      jax.random.PRNGKey(0), np.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'], weights)
-  extractor = evaluation.Extractor('inception', weights, mesh, config.num_classes)
+  state = train.Update(config, generator, discriminator, mesh).init(config.seed)
+  variables = train_state.generator_variables(state, ema=True)
+  weights_path = os.path.join(tempfile.mkdtemp(), 'random_inception.npz')
+  weights.save(inception.InceptionV3().init(
+      jax.random.PRNGKey(0), np.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'],
+      weights_path)
+  extractor = evaluation.Extractor('inception', weights_path, mesh, config.num_classes)
   rng = np.random.default_rng(0)
   reference = {'mu': np.zeros(2048), 'sigma': np.eye(2048),
                'features': rng.normal(size=(evaluation.KID_FEATURES, 2048))}

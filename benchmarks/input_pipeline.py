@@ -25,6 +25,7 @@ from PIL import Image
 
 from sagan_jax import input_pipeline
 from sagan_jax.config import default_config
+from sagan_jax.preprocessing import preprocess
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('image_size', 128, 'Training resolution.')
@@ -65,7 +66,7 @@ def main(argv):
     paths = write_jpegs(os.path.join(tmp, 'images'), FLAGS.num_images)
 
     def decode(path):
-      return input_pipeline.preprocess(
+      return preprocess(
           {'image': tf.io.decode_jpeg(tf.io.read_file(path), channels=3), 'label': 0}, size)
 
     full = (tf.data.Dataset.from_tensor_slices(paths).repeat()

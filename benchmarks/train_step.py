@@ -59,7 +59,8 @@ def main(argv):
   validate(config, jax.device_count(), jax.process_count())
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
+  update = train.Update(config, generator, discriminator, mesh)
+  state = update.init(0)
   rng = np.random.default_rng(0)
   shape = (config.num_d_steps, config.batch_size // jax.process_count())
   batch = train.shard_batch(
@@ -67,7 +68,7 @@ def main(argv):
        'label': rng.integers(0, config.num_classes, shape, np.int32)}, mesh)
 
   start = time.perf_counter()
-  step = train.compile_train_step(config, generator, discriminator, mesh).lower(
+  step = update.compile().lower(
       state, batch).compile()
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()

@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -25,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 from sagan_jax import sampling
 from sagan_jax.config import default_config
 from sagan_jax.models import make_models
+from sagan_jax.train_state import DISCRIMINATOR_FIELDS, generator_fields
 
 # Fields a run cannot change and still be the same run: they fix the shapes of
 # the state, or the data stream whose position is restored.
@@ -162,18 +162,21 @@ def restore_for_training(manager, config, abstract_state, data):
     raise CheckpointError(
         f'the checkpoint of step {step} in {manager.directory} is of a different run; '
         f'differing fields: {"; ".join(fixed)}. Use the checkpoint\'s values or a new --workdir')
+  # tf.data positions are per process: on another process count the data stream
+  # starts again (the model state is the same on any count).
+  items = {'data': DataPositionRestore(data)}
   if meta['num_processes'] != jax.process_count():
-    raise CheckpointError(
-        f'the checkpoint of step {step} holds the data positions of {meta["num_processes"]} '
-        f'processes, and this run has {jax.process_count()}: resume with '
-        f'{meta["num_processes"]} processes, or start a new --workdir')
+    items = {}
+    logging.warning('The checkpoint of step %d was written by %d processes and this run has '
+                    '%d: the model state is restored, and the data stream starts again from '
+                    'its beginning.', step, meta['num_processes'], jax.process_count())
   changed = differences(meta['config'], config, sorted(set(config.keys()) - set(FIXED_FIELDS)))
   if changed:
     logging.warning('Resuming step %d with changed fields: %s', step, '; '.join(changed))
   fields = saved_fields(manager, step)
   if 'ema_batch_stats' in fields:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=DataPositionRestore(data)))
+        state=ocp.args.StandardRestore(abstract_state), **items))
     return restored.state
   # Written before the EMA G had BN statistics of its own: start them from the
   # raw G's (the loop measures them from the EMA weights before any use).
@@ -184,7 +187,7 @@ def restore_for_training(manager, config, abstract_state, data):
   restored = reader.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted)),
-      data=DataPositionRestore(data))).state
+      **items)).state
   reader.close()
   logging.warning('The checkpoint of step %d predates the EMA generator\'s own batch-norm '
                   'statistics; they are measured from its weights before their first use.', step)
@@ -209,15 +212,15 @@ def restore_generator(workdir: str, mesh, step: int | None = None, ema: bool = T
   shapes = jax.eval_shape(lambda: generator.init(
       jax.random.PRNGKey(0), jnp.zeros((1, config.z_dim)), jnp.zeros((1,), jnp.int32),
       train=False))
-  params, stats = ('ema_params', 'ema_batch_stats') if ema else ('g_params', 'g_batch_stats')
-  # False: written before the EMA G had statistics of its own.
-  measured = stats in saved_fields(manager, step)
-  wanted = abstract({params: shapes['params'], 'g_spectral': shapes['spectral'],
-                     (stats if measured else 'g_batch_stats'): shapes['batch_stats']}, mesh)
-  restored = _read_fields(manager, step, wanted)
+  fields = generator_fields(ema)
+  # False: written before the EMA G had statistics of its own; take the raw G's for now.
+  measured = fields['batch_stats'] in saved_fields(manager, step)
+  if not measured:
+    fields['batch_stats'] = generator_fields(ema=False)['batch_stats']
+  restored = _read_fields(manager, step,
+                          abstract({f: shapes[name] for name, f in fields.items()}, mesh))
   manager.close()
-  variables = {'params': restored[params], 'spectral': restored['g_spectral'],
-               'batch_stats': restored[stats if measured else 'g_batch_stats']}
+  variables = {name: restored[f] for name, f in fields.items()}
   if not measured:
     logging.warning('The checkpoint of step %d predates the EMA generator\'s own batch-norm '
                     'statistics: measuring them now from %d generated batches.', step,
@@ -244,32 +247,6 @@ def restore_discriminator(workdir: str, mesh, step: int) -> dict:
       jax.random.PRNGKey(0), jnp.zeros((1, config.image_size, config.image_size, 3)),
       jnp.zeros((1,), jnp.int32)))
   restored = _read_fields(manager, step, abstract(
-      {'d_params': shapes['params'], 'd_spectral': shapes['spectral']}, mesh))
+      {f: shapes[name] for name, f in DISCRIMINATOR_FIELDS.items()}, mesh))
   manager.close()
-  return {'params': restored['d_params'], 'spectral': restored['d_spectral']}
-
-
-# Weight files of the fixed networks of evaluation (Inception, the classifier):
-# one .npz of arrays named by their '/'-joined parameter path, read without pickle.
-
-def flatten(params) -> dict:
-  return {'/'.join(p.key for p in path): x
-          for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
-
-
-def save_weights(params, path: str) -> None:
-  with epath.Path(path).open('wb') as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
-
-
-def load_weights(path: str) -> dict:
-  """The nested params of a file save_weights (or convert_inception) wrote."""
-  params = {}
-  with epath.Path(path).open('rb') as f, np.load(f, allow_pickle=False) as arrays:
-    for key, value in arrays.items():
-      node = params
-      *parents, leaf = key.split('/')
-      for p in parents:
-        node = node.setdefault(p, {})
-      node[leaf] = jnp.asarray(value)
-  return params
+  return {name: restored[f] for name, f in DISCRIMINATOR_FIELDS.items()}

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags, logging
+from etils import epath
 from flax import linen as nn
 
-from sagan_jax import checkpoint
+from sagan_jax import weights
 
 FEATURES = 128
 
@@ -43,15 +44,15 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets',
 
 
 def save(params, path: str) -> None:
-  checkpoint.save_weights(params, path)
+  weights.save(params, path)
 
 
 def load(path: str) -> dict:
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f'no classifier weights at {path}: pass the file that python -m '
                             f'sagan_jax.classifier --out=FILE wrote, or leave the option '
                             f'empty for the shipped ones')
-  return checkpoint.load_weights(path)
+  return weights.load(path)
 
 
 def split_arrays(data_dir: str, split: str):

@@ -9,16 +9,17 @@ import time
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, sampling,
+from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, options, sampling,
                        shapes_dataset)
-from sagan_jax.config import class_indices
-from sagan_jax.mesh import make_mesh
+from sagan_jax.config import ConfigError, class_indices
+from sagan_jax.mesh import global_array, make_mesh
+from sagan_jax.preprocessing import preprocess
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
 
@@ -33,7 +34,7 @@ class Extractor:
       model, params = classifier.Classifier(num_classes), classifier.load(weights)
       apply = lambda p, x: model.apply({'params': p}, x)
     elif kind == 'inception':
-      if not weights or not os.path.exists(weights):
+      if not weights or not epath.Path(weights).exists():
         raise FileNotFoundError(
             f'no Inception weights at {weights!r}: convert pytorch-fid\'s file once with '
             'python -m sagan_jax.convert_inception and pass --inception_weights=FILE')
@@ -41,19 +42,20 @@ class Extractor:
       apply = lambda p, x: model.apply({'params': p}, inception.preprocess(x))
     else:
       raise ValueError(f"features={kind!r}: 'inception' or 'classifier'")
-    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    self.params = jax.device_put(params, replicated)
-    self._apply = jax.jit(apply, in_shardings=(replicated, split), out_shardings=replicated)
+    replicated, self._split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
+    self.params = jax.tree.map(lambda a: global_array(np.asarray(a), replicated), params)
+    self._apply = jax.jit(apply, in_shardings=(replicated, self._split),
+                          out_shardings=replicated)
 
   def __call__(self, images: np.ndarray, batch_size: int = 256):
     batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
     features, logits = [], []
     for start in range(0, len(images), batch_size):
-      x = images[start:start + batch_size]
-      pad = batch_size - len(x)
-      f, l = self._apply(self.params, np.pad(x, [(0, pad), (0, 0), (0, 0), (0, 0)]))
-      features.append(np.asarray(f)[:len(x)])
-      logits.append(np.asarray(l)[:len(x)])
+      n = len(images[start:start + batch_size])
+      x = np.pad(images[start:start + n], [(0, batch_size - n), (0, 0), (0, 0), (0, 0)])
+      f, l = self._apply(self.params, global_array(x, self._split))
+      features.append(np.asarray(f)[:n])
+      logits.append(np.asarray(l)[:n])
     return np.concatenate(features), np.concatenate(logits)
 
 
@@ -70,7 +72,7 @@ def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
 
 
 def reference_dir(config, workdir: str) -> str:
-  return config.get('reference_dir') or os.path.join(workdir, 'reference_stats')
+  return config.get('reference_dir') or os.fspath(epath.Path(workdir) / 'reference_stats')
 
 
 def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: int = 1000):
@@ -89,7 +91,7 @@ def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: 
     ds = ds.filter(lambda ex: tf.reduce_any(tf.cast(ex['label'], tf.int64) == wanted))
   if num:
     ds = ds.take(num)
-  ds = ds.map(lambda ex: input_pipeline.preprocess(
+  ds = ds.map(lambda ex: preprocess(
       dict(ex, image=image.decode_example(ex['image'])), config.image_size),
               num_parallel_calls=tf.data.AUTOTUNE)
   for batch in tfds.as_numpy(ds.batch(batch_size).prefetch(2)):
@@ -106,15 +108,16 @@ def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute,
   """compute() -> dict of arrays, kept in cache_dir/DATASET_SIZE_FEATURES_NAME.npz
   (computed again if a cached file lacks one of `keys`: an older version's)."""
   dataset = config.dataset.replace('/', '_').replace(':', '_').replace(os.sep, '_')
-  path = os.path.join(cache_dir, f'{dataset}_{config.image_size}_{extractor.kind}_{name}.npz')
-  if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as f:
-      if all(k in f for k in keys):
-        return dict(f)
+  path = epath.Path(cache_dir) / f'{dataset}_{config.image_size}_{extractor.kind}_{name}.npz'
+  if path.exists():
+    with path.open('rb') as f, np.load(f, allow_pickle=False) as arrays:
+      if all(k in arrays for k in keys):
+        return dict(arrays)
   stats = compute()
-  os.makedirs(cache_dir, exist_ok=True)
-  with open(path, 'wb') as f:
-    np.savez(f, **stats)
+  if jax.process_index() == 0:  # every process computes them; one writes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open('wb') as f:
+      np.savez(f, **stats)
   logging.info('Reference statistics of %s: %s', config.dataset, path)
   return stats
 
@@ -304,9 +307,45 @@ def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extrac
   return result
 
 
+class Evaluator:
+  """In-training evaluation of the raw and EMA G; set up, with the reference
+  statistics and the floor, before anything is compiled for training."""
+
+  def __init__(self, config, mesh, workdir, image_sampler):
+    self.config = config
+    self.images = image_sampler
+    try:
+      self.extractor = make_extractor(config, mesh)
+    except FileNotFoundError as e:
+      raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
+    try:
+      self.reference, self.class_ref, self.classes = references(
+          config, self.extractor, config.eval_num_samples,
+          reference_dir(config, workdir), config.eval_intra_class)
+    except ValueError as e:
+      raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
+    self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
+    self.floor = floor(config, self.extractor, self.reference, config.eval_num_samples,
+                       reference_dir(config, workdir))
+    logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
+                 config.eval_num_samples, logs.format_metrics(self.floor))
+
+  def __call__(self, generators: dict) -> dict:
+    """{'ema': variables, 'raw': variables} -> {'eval/ema/fid': ..., 'eval/raw/fid': ...}."""
+    out = {}
+    for name, variables in generators.items():
+      result = evaluate(self.images, variables, self.config, self.extractor, self.reference,
+                        self.config.eval_num_samples, seed=self.config.seed,
+                        class_ref=self.class_ref, classes=self.classes)
+      # Scalars only: each class's intra-class FID is in --mode=eval's JSON.
+      out.update({f'eval/{name}/{k}': v for k, v in result.items()
+                  if k != 'num_samples' and not isinstance(v, dict)})
+    return out
+
+
 def main(argv):
   """Fills config.reference_dir with the statistics that runs of this config
-  will read: overall ones for --num_samples, and per class with --intra_class."""
+  will read: overall ones for --eval_samples, and per class with --intra_class."""
   del argv
   from sagan_jax.config import validate
   f = flags.FLAGS
@@ -317,20 +356,15 @@ def main(argv):
   mesh = make_mesh()
   extractor = make_extractor(config, mesh, f.features, f.inception_weights,
                              f.classifier_weights)
-  references(config, extractor, f.num_samples, config.reference_dir, f.intra_class)
+  references(config, extractor, f.eval_samples, config.reference_dir, f.intra_class)
   print(f'Reference statistics in {config.reference_dir}: '
-        f'{", ".join(sorted(os.listdir(config.reference_dir)))}')
+        f'{", ".join(sorted(p.name for p in epath.Path(config.reference_dir).iterdir()))}')
 
 
 if __name__ == '__main__':  # flags only here: other modules import this one
   from ml_collections import config_flags
   config_flags.DEFINE_config_file('config', None, 'The training config (dataset, image size).')
-  flags.DEFINE_integer('num_samples', 50_000, 'Images of the train split in the overall '
-                       'statistics: --num_samples of --mode=eval, or eval_num_samples.')
-  flags.DEFINE_string('intra_class', '', "Also every train image of these classes, for "
-                      "intra-class FID: '3,5,7' or 'all'.")
-  flags.DEFINE_enum('features', '', ['', 'inception', 'classifier'], 'As in --mode=eval.')
-  flags.DEFINE_string('inception_weights', '', 'As in --mode=eval.')
-  flags.DEFINE_string('classifier_weights', '', 'As in --mode=eval.')
+  options.define_flags(('eval_samples', 'intra_class', 'features', 'inception_weights',
+                        'classifier_weights'))
   flags.mark_flags_as_required(['config'])
   app.run(main)

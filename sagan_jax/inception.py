@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from sagan_jax import checkpoint
+from sagan_jax import weights
 
 HIGHEST = jax.lax.Precision.HIGHEST
 SIZE = 299
@@ -202,9 +202,9 @@ def load_params(path: str) -> dict:
   against the network's shapes."""
   expected = jax.eval_shape(lambda: InceptionV3().init(jax.random.PRNGKey(0),
                                                        jnp.zeros((1, SIZE, SIZE, 3))))['params']
-  flat = checkpoint.flatten(expected)
-  params = checkpoint.load_weights(path)
-  arrays = checkpoint.flatten(params)
+  flat = weights.flatten(expected)
+  params = weights.load(path)
+  arrays = weights.flatten(params)
   missing, extra = sorted(set(flat) - set(arrays)), sorted(set(arrays) - set(flat))
   wrong = [k for k in flat if k in arrays and arrays[k].shape != flat[k].shape]
   if missing or extra or wrong:

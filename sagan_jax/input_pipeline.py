@@ -17,9 +17,11 @@ os.environ.setdefault('NO_GCE_CHECK', 'true')  # no GCE metadata probe when offl
 import jax
 import tensorflow as tf
 from absl import logging
+from etils import epath
 import tensorflow_datasets as tfds
 
 from sagan_jax import resized_dataset
+from sagan_jax.preprocessing import preprocess
 from sagan_jax import shapes_dataset  # registers the embedded TFDS builder
 
 try:  # TensorFlow only reads data: the accelerators are JAX's
@@ -54,7 +56,7 @@ def _builder(config) -> tfds.core.DatasetBuilder:
   name, data_dir = config.dataset, _data_dir(config)
   if name.startswith(resized_dataset.FOLDER):
     root = name[len(resized_dataset.FOLDER):]
-    if not os.path.isdir(root) or not resized_dataset.folder_classes(root):
+    if not epath.Path(root).is_dir() or not resized_dataset.folder_classes(root):
       raise DataError(f'config.dataset={name!r}: {root} must be a folder of class folders, '
                       'ROOT/<class>/<image>')
     builder = resized_dataset.builder(name, config.image_size, data_dir)
@@ -93,20 +95,6 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
                     f'{classes} class{"es" if classes > 1 else ""}: set --config.num_classes='
                     f'{classes}')
   return builder
-
-
-def preprocess(example, image_size: int):
-  """Centre crop to a square, resize with anti-aliasing, RGB uint8; label 0 if none."""
-  image = example['image']
-  image = tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image[..., :3]
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  side = tf.minimum(h, w)
-  image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
-  if image.shape[0] != image_size or image.shape[1] != image_size:
-    image = tf.image.resize(image, (image_size, image_size), antialias=True)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-  label = tf.cast(example['label'], tf.int32) if 'label' in example else tf.constant(0, tf.int32)
-  return {'image': image, 'label': label}
 
 
 def process_split(split: str) -> str:

@@ -150,3 +150,8 @@ def _start_session(logdir: epath.Path, step: int) -> None:
     f.write(tf.compat.v1.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
     f.write(tf.compat.v1.Event(wall_time=now, step=step, session_log=tf.compat.v1.SessionLog(
         status=tf.compat.v1.SessionLog.START)).SerializeToString())
+
+
+def format_metrics(metrics: dict) -> str:
+  return ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
+                  if '_per_s' not in k and not k.endswith('_std') and k != 'seconds')

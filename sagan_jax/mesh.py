@@ -1,4 +1,6 @@
 """The device mesh: a leaf module, so that every part can build it without the training code."""
+import os
+
 import jax
 
 
@@ -7,3 +9,35 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
+
+
+def cpu_device_count(per_process_batch: int, cores: int) -> int:
+  """The most CPU devices, at most one per core, that split the batch evenly."""
+  return max(n for n in range(1, min(cores, per_process_batch) + 1) if per_process_batch % n == 0)
+
+
+def use_cpu_cores(per_process_batch: int, cores: int | None = None) -> int:
+  """Gives the CPU backend one device per core, as many as divide `per_process_batch`,
+  and returns that count (1: left alone).
+
+  XLA runs a small step's ops mostly on one thread; as several devices the data-parallel
+  step runs on all cores at once (measured in BENCHMARKS.md, "CPU devices": the quickstart
+  step 1.4x faster on 2 cores), with the same results up to float rounding. Call it before
+  the backend starts. It leaves a count the user chose (JAX_NUM_CPU_DEVICES, XLA_FLAGS'
+  --xla_force_host_platform_device_count) alone, and it changes nothing on GPU or TPU,
+  where the CPU devices go unused.
+  """
+  if (jax.config.jax_num_cpu_devices != -1
+      or 'xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')):
+    return 1
+  count = cpu_device_count(per_process_batch, cores or os.cpu_count() or 1)
+  if count > 1:
+    jax.config.update('jax_num_cpu_devices', count)
+  return count
+
+
+def global_array(x, sharding: jax.sharding.NamedSharding) -> jax.Array:
+  """A jax.Array of `sharding` from a host array that every process holds in full (each
+  process puts only its devices' parts): jit refuses numpy arguments whose sharding
+  spans several processes."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

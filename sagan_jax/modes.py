@@ -18,32 +18,11 @@ from sagan_jax import checkpoint, logs, sampling
 from sagan_jax.config import class_indices
 from sagan_jax.models import make_models
 from sagan_jax.mesh import make_mesh
+from sagan_jax.options import Options
 
 
 class ModeError(ValueError):
   """An option a mode cannot run with; the message names it and what is allowed."""
-
-
-@dataclasses.dataclass
-class Options:
-  step: int | None = None  # checkpoint step; None: the latest
-  best: bool = False  # from WORKDIR/checkpoints_best (the best evaluated EMA G)
-  generator: str = 'ema'  # 'ema' or 'raw' weights
-  classes: str = ''  # '3,5,7', 'all', or '' for the config's first sample_classes
-  per_class: int = 0  # images per class (grid columns); 0: config.samples_per_class
-  truncation: float = 0.0  # redraw |z_i| > truncation; 0: no truncation
-  seed: int = 0
-  num_samples: int = 0  # sample mode: also export this many samples
-  format: str = 'png'  # of the export: 'png' files or one 'npz'
-  standing_stats: int = 0  # re-estimate G's BN statistics from this many batches
-  batch_size: int = 64  # images per generator call
-  steps: int = 8  # interpolation: images per strip
-  queries: str = ''  # attention: 'y,x;y,x' query pixels; '': four defaults
-  out: str = ''  # output directory; '': WORKDIR/<mode>
-  features: str = ''  # eval: 'inception', 'classifier'; '': classifier for the embedded dataset
-  inception_weights: str = ''  # eval: the .npz convert_inception wrote
-  classifier_weights: str = ''  # eval: '' = the shipped weights
-  intra_class: str = ''  # eval: intra-class FID of '3,5,7' or 'all'; '': config.eval_intra_class
 
 
 def parse_classes(spec: str, num_classes: int, default: int) -> list[int]:
@@ -74,18 +53,19 @@ class Sampler:
   """G from a checkpoint on all devices; `images(z, y)` -> uint8 [n, S, S, 3]."""
 
   def __init__(self, workdir: str, options: Options):
-    if options.generator not in ('ema', 'raw'):
-      raise ModeError(f"--generator={options.generator!r}: 'ema' or 'raw'")
-    if options.format not in ('png', 'npz'):
-      raise ModeError(f"--format={options.format!r}: 'png' or 'npz'")
+    for field in dataclasses.fields(Options):  # the choices main.py's flags enforce
+      value, choices = getattr(options, field.name), field.metadata['choices']
+      if choices and value not in choices:
+        raise ModeError(f'--{field.name}={value!r}: one of {", ".join(map(repr, choices))}')
     self.mesh = make_mesh()
     self.variables, self.config, self.step = checkpoint.restore_generator(
-        workdir, self.mesh, options.step, ema=options.generator == 'ema', best=options.best)
+        workdir, self.mesh, options.checkpoint_step, ema=options.generator == 'ema',
+        best=options.best)
     self.generator = make_models(self.config)[0]
     self.key = jax.random.PRNGKey(options.seed)
     if options.standing_stats:
       standing = sampling.StandingStatistics(self.config, self.generator, self.mesh,
-                                             options.standing_stats, options.batch_size)
+                                             options.standing_stats, options.sample_batch_size)
       self.variables = standing(self.variables, jax.random.fold_in(self.key, 1))
     self.image_sampler = sampling.ImageSampler(self.generator, self.mesh)
     self._apply_with_maps = jax.jit(
@@ -120,7 +100,7 @@ def _scale(size: int) -> int:
 
 
 def sample(workdir: str, options: Options) -> list[str]:
-  """A grid (one row per class) and, with num_samples, an export for FID tools."""
+  """A grid (one row per class) and, with export_samples, an export for FID tools."""
   s = Sampler(workdir, options)
   classes = parse_classes(options.classes, s.config.num_classes, s.config.sample_classes)
   per_class = options.per_class or s.config.samples_per_class
@@ -130,14 +110,14 @@ def sample(workdir: str, options: Options) -> list[str]:
   grid = out / f'grid_{options.generator}_{s.step:07d}.png'
   sampling.save_grid(s.images(z, y), len(classes), grid, _scale(s.config.image_size))
   written = [str(grid)]
-  if options.num_samples:
+  if options.export_samples:
     written.append(export(s, classes, options, out))
   return written
 
 
 def export(s: Sampler, classes: list[int], options: Options, out: epath.Path) -> str:
-  """num_samples images, classes in turn: PNG files or one npz of uint8 NHWC + labels."""
-  n, batch = options.num_samples, options.batch_size
+  """export_samples images, classes in turn: PNG files or one npz of uint8 NHWC + labels."""
+  n, batch = options.export_samples, options.sample_batch_size
   progress = logs.Progress('sampled', n, 'images')
   if options.format == 'png':
     (out / 'samples').mkdir(exist_ok=True)
@@ -162,11 +142,11 @@ def export(s: Sampler, classes: list[int], options: Options, out: epath.Path) ->
 
 
 def interpolate(workdir: str, options: Options) -> list[str]:
-  """Strips of `steps` images: in z within each class, and between class
+  """Strips of `strip_images` images: in z within each class, and between class
   embeddings (the CBN gains and biases of class a to those of class b) at fixed z."""
   s = Sampler(workdir, options)
   classes = parse_classes(options.classes, s.config.num_classes, s.config.sample_classes)
-  out, rows, steps = _out_dir(workdir, 'interpolate', options), len(classes), options.steps
+  out, rows, steps = _out_dir(workdir, 'interpolate', options), len(classes), options.strip_images
   t = jnp.linspace(0.0, 1.0, steps)[None, :, None]  # [1, steps, 1]
   ends = s.latents(0, 2 * rows, options.truncation).reshape(rows, 2, -1)
   z = ((1 - t) * ends[:, :1] + t * ends[:, 1:]).reshape(rows * steps, -1)
@@ -236,7 +216,7 @@ def attention(workdir: str, options: Options):
 
 
 def evaluate(workdir: str, options: Options) -> list[str]:
-  """FID, IS, KID (and, with the classifier, class accuracy) of num_samples
+  """FID, IS, KID (and, with the classifier, class accuracy) of eval_samples
   (default 50,000) samples against the dataset's train split; prints them and
   writes them as JSON."""
   import json
@@ -249,18 +229,18 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   except FileNotFoundError as e:
     raise ModeError(str(e)) from None
   kind = extractor.kind
-  num = options.num_samples or 50_000
+  num = options.eval_samples
   spec = options.intra_class or config.eval_intra_class
   if spec and num < 2 * config.num_classes:
     raise ModeError(f'--intra_class needs at least 2 samples of each class: '
-                    f'--num_samples={2 * config.num_classes} or more')
+                    f'--eval_samples={2 * config.num_classes} or more')
   try:
     reference, class_ref, classes = evaluation.references(
         config, extractor, num, evaluation.reference_dir(config, workdir), spec)
   except ValueError as e:
     raise ModeError(f'--intra_class={spec!r}: {e}') from None
   result = evaluation.evaluate(s.image_sampler, s.variables, config, extractor, reference, num,
-                               options.batch_size, options.seed, class_ref, classes)
+                               options.sample_batch_size, options.seed, class_ref, classes)
   result = {'step': s.step, 'generator': options.generator, 'features': kind, **result}
   out = _out_dir(workdir, 'eval', options) / f'{kind}_{options.generator}_{s.step:07d}.json'
   out.write_text(json.dumps(result, indent=1))

@@ -18,7 +18,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 from PIL import Image
+
+from sagan_jax.preprocessing import preprocess
 
 FOLDER = 'folder:'
 
@@ -28,9 +31,11 @@ class ResizedConfig(tfds.core.BuilderConfig):
 
   def __init__(self, *, source: str, image_size: int):
     if source.startswith(FOLDER):
-      root = os.path.abspath(os.path.expanduser(source[len(FOLDER):]))
+      root = source[len(FOLDER):]
+      root = root if '://' in root else os.path.abspath(os.path.expanduser(root))  # or gs://
       source = FOLDER + root
-      slug = f'folder_{os.path.basename(root) or "root"}_{hashlib.sha1(root.encode()).hexdigest()[:8]}'
+      digest = hashlib.sha1(root.encode()).hexdigest()[:8]
+      slug = f'folder_{epath.Path(root).name or "root"}_{digest}'
     else:
       slug = source.replace('/', '_')
     super().__init__(name=f'{slug}_{image_size}'.lower().replace('-', '_'),
@@ -39,12 +44,12 @@ class ResizedConfig(tfds.core.BuilderConfig):
 
 
 def folder_classes(root: str) -> list[str]:
-  return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  return sorted(d.name for d in epath.Path(root).iterdir() if d.is_dir())
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:
   """uint8 [S, S, 3]: decoded to RGB, centre-cropped, resized. Raises on a bad file."""
-  with Image.open(path) as image:
+  with epath.Path(path).open('rb') as f, Image.open(f) as image:
     image.load()  # decode everything now: a truncated file fails here
     image = image.convert('RGB')
   side = min(image.size)
@@ -94,8 +99,8 @@ class SaganResized(tfds.core.GeneratorBasedBuilder):
   def _folder_examples(self, root):
     size, skipped, total = self.builder_config.image_size, [], 0
     for label, name in enumerate(folder_classes(root)):
-      for file in sorted(os.listdir(os.path.join(root, name))):
-        path = os.path.join(root, name, file)
+      for file in sorted(p.name for p in (epath.Path(root) / name).iterdir()):
+        path = os.fspath(epath.Path(root) / name / file)
         total += 1
         try:
           image = load_image(path, size)
@@ -108,7 +113,6 @@ class SaganResized(tfds.core.GeneratorBasedBuilder):
                       '; '.join(skipped[:10]))
 
   def _tfds_examples(self, source, split):
-    from sagan_jax.input_pipeline import preprocess  # TF crop + anti-aliased resize
     size = self.builder_config.image_size
     ds = tfds.builder(source, data_dir=self.data_dir_root, try_gcs=False).as_dataset(split=split)
     ds = ds.map(lambda ex: preprocess(ex, size), num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,9 +1,7 @@
 """Training state, the compiled SAGAN update (TTUR) and the training loop."""
 import signal
 import threading
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -13,70 +11,12 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, evaluation, input_pipeline, logs, sampling
-from sagan_jax.config import ConfigError, validate
+from sagan_jax.config import validate
 from sagan_jax.layers import spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.mesh import make_mesh
 from sagan_jax.models import make_models
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array  # int32 [], completed G steps
-  rng: jax.Array  # base key; step s draws from fold_in(rng, s)
-  g_params: Any
-  g_batch_stats: Any  # moving averages of G's batch norms
-  g_spectral: Any  # spectral-norm u vectors of G
-  g_opt_state: Any
-  ema_params: Any  # exponential moving average of g_params
-  ema_batch_stats: Any  # BN statistics of the EMA weights themselves (standing statistics,
-  #   recomputed by the loop before every use of the EMA G: with_ema_statistics)
-  d_params: Any
-  d_spectral: Any
-  d_opt_state: Any
-  skipped: jax.Array  # int32 [], steps skipped for non-finite losses or gradients
-  streak: jax.Array  # int32 [], consecutive skipped steps up to this one
-
-
-# Set-up
-
-def make_optimizers(config):
-  """Adam for G and D at two learning rates (TTUR)."""
-  adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
-  return adam(config.g_lr), adam(config.d_lr)
-
-
-def create_train_state(config, generator, discriminator, rng) -> TrainState:
-  g_tx, d_tx = make_optimizers(config)
-  rng, g_key, d_key = jax.random.split(rng, 3)
-  y = jnp.zeros((1,), jnp.int32)
-  g_vars = generator.init(g_key, jnp.zeros((1, config.z_dim)), y, train=False)
-  d_vars = discriminator.init(d_key, jnp.zeros((1, config.image_size, config.image_size, 3)), y)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), rng=rng,
-      g_params=g_vars['params'], g_batch_stats=g_vars['batch_stats'],
-      g_spectral=g_vars['spectral'], g_opt_state=g_tx.init(g_vars['params']),
-      ema_params=jax.tree.map(jnp.copy, g_vars['params']),
-      ema_batch_stats=jax.tree.map(jnp.copy, g_vars['batch_stats']),
-      d_params=d_vars['params'], d_spectral=d_vars['spectral'],
-      d_opt_state=d_tx.init(d_vars['params']),
-      skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
-
-
-def init_train_state(config, generator, discriminator, mesh, seed: int) -> TrainState:
-  """The initial state, created directly replicated on the mesh."""
-  return jax.jit(lambda key: create_train_state(config, generator, discriminator, key),
-                 out_shardings=NamedSharding(mesh, P()))(jax.random.PRNGKey(seed))
-
-
-def generator_variables(state: TrainState, ema: bool) -> dict:
-  """G's variables from the training state: the EMA weights with their own BN
-  statistics, or the raw weights with the moving averages kept in training."""
-  if ema:
-    return {'params': state.ema_params, 'batch_stats': state.ema_batch_stats,
-            'spectral': state.g_spectral}
-  return {'params': state.g_params, 'batch_stats': state.g_batch_stats,
-          'spectral': state.g_spectral}
+from sagan_jax.train_state import TrainState, generator_variables
 
 
 def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
@@ -101,96 +41,74 @@ def sigma_summary(state: TrainState) -> dict[str, jax.Array]:
   return out
 
 
-# Update step
+# The update
 
 def all_finite(loss, grads) -> jax.Array:
   return jnp.isfinite(loss) & jnp.all(jnp.stack(
       [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
 
 
-def make_train_step(config, generator, discriminator, mesh):
-  """The pure function (state, batch) -> (state, metrics); see compile_train_step.
+class Update:
+  """The SAGAN update of a config on a mesh: (state, batch) -> (state, metrics),
+  num_d_steps D steps then one G step. It owns the two Adam optimisers (TTUR), built
+  here and nowhere else, so the state it initialises and the steps it takes agree.
 
   A step whose losses or gradients are not all finite changes nothing but the
   step and the counters `skipped` and `streak`; once `streak` reaches
   config.max_nonfinite_steps every later step is skipped too (the loop stops
   the run when it sees that)."""
-  g_tx, d_tx = make_optimizers(config)
-  per_example = NamedSharding(mesh, P('data'))
 
-  def latents(key, batch_size):
-    z_key, y_key = jax.random.split(key)
-    z = jax.random.normal(z_key, (batch_size, config.z_dim))
-    y = jax.random.randint(y_key, (batch_size,), 0, config.num_classes)
-    # Shard fakes like the real batch: each device generates only its part.
-    return jax.lax.with_sharding_constraint((z, y), per_example)
+  def __init__(self, config, generator, discriminator, mesh):
+    self.config, self.generator, self.discriminator, self.mesh = (config, generator,
+                                                                  discriminator, mesh)
+    adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+    self.g_tx, self.d_tx = adam(config.g_lr), adam(config.d_lr)
 
-  def g_variables(state, params):  # the raw G's, with `params` to differentiate
-    return dict(generator_variables(state, ema=False), params=params)
+  def new_state(self, rng) -> TrainState:
+    c = self.config
+    rng, g_key, d_key = jax.random.split(rng, 3)
+    y = jnp.zeros((1,), jnp.int32)
+    g_vars = self.generator.init(g_key, jnp.zeros((1, c.z_dim)), y, train=False)
+    d_vars = self.discriminator.init(d_key, jnp.zeros((1, c.image_size, c.image_size, 3)), y)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), rng=rng,
+        g_params=g_vars['params'], g_batch_stats=g_vars['batch_stats'],
+        g_spectral=g_vars['spectral'], g_opt_state=self.g_tx.init(g_vars['params']),
+        ema_params=jax.tree.map(jnp.copy, g_vars['params']),
+        ema_batch_stats=jax.tree.map(jnp.copy, g_vars['batch_stats']),
+        d_params=d_vars['params'], d_spectral=d_vars['spectral'],
+        d_opt_state=self.d_tx.init(d_vars['params']),
+        skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
 
-  def d_step(state, images, labels, key):
-    """One D update on a real and a fresh fake batch; D's u advances once."""
-    z, y_fake = latents(key, images.shape[0])
-    # G uses batch statistics but updates neither its BN averages nor its u here.
-    fake, _ = sampling.generator_forward(config, generator, mesh,
-                                         g_variables(state, state.g_params),
-                                z, y_fake, mutable=['batch_stats'])
-    real = images.astype(jnp.float32) / 127.5 - 1.0
-    # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
-    # that each device keeps its own examples: no cross-device shuffle.
-    x = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(-1, *real.shape[1:])
-    y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
+  def init(self, seed: int) -> TrainState:
+    """The initial state, created directly replicated on the mesh."""
+    return jax.jit(self.new_state, out_shardings=NamedSharding(self.mesh, P()))(
+        jax.random.PRNGKey(seed))
 
-    def loss_fn(d_params):
-      logits, new = discriminator.apply({'params': d_params, 'spectral': state.d_spectral}, x, y,
-                                        mutable=['spectral'])
-      d_real, d_fake = logits.reshape(-1, 2).T
-      return discriminator_loss(config.loss, d_real, d_fake), (new['spectral'], d_real, d_fake)
+  def shapes(self) -> TrainState:
+    """The state's shapes and dtypes, without computing it (for a restore)."""
+    return jax.eval_shape(self.new_state, jax.random.PRNGKey(0))
 
-    (loss, (spectral, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.d_params)
-    updates, opt_state = d_tx.update(grads, state.d_opt_state, state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=opt_state, d_spectral=spectral)
-    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
-                   'd_grad_norm': optax.tree.norm(grads), 'finite': all_finite(loss, grads)}
+  def compile(self):
+    """jit over the mesh: state replicated and donated, batch split on its B axis."""
+    replicated = NamedSharding(self.mesh, P())
+    batch = NamedSharding(self.mesh, P(None, 'data'))  # [num_d_steps, B, ...]
+    return jax.jit(self, in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
 
-  def g_step(state, key):
-    """One G update through the (fixed) D; G's u and BN averages advance once."""
-    z, y = latents(key, config.batch_size)
-
-    def loss_fn(g_params):
-      fake, new = sampling.generator_forward(config, generator, mesh, g_variables(state, g_params),
-                                             z, y,
-                                    mutable=['batch_stats', 'spectral'])
-      d_fake = discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
-                                   fake, y)
-      return generator_loss(config.loss, d_fake), new
-
-    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-    updates, opt_state = g_tx.update(grads, state.g_opt_state, state.g_params)
-    params = optax.apply_updates(state.g_params, updates)
-    # ema <- decay * ema + (1 - decay) * params, from ema_start_step on; a copy before.
-    averaged = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
-    use_ema = state.step >= config.ema_start_step
-    ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
-    state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
-                          g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
-    return state, {'g_loss': loss, 'g_grad_norm': optax.tree.norm(grads),
-                   'finite': all_finite(loss, grads)}
-
-  def train_step(state: TrainState, batch):
-    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), config.num_d_steps + 1)
+  def __call__(self, state: TrainState, batch):
+    c = self.config
+    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), c.num_d_steps + 1)
     new, finite = state, []
-    for i in range(config.num_d_steps):
-      new, d_metrics = d_step(new, batch['image'][i], batch['label'][i], keys[i])
+    for i in range(c.num_d_steps):
+      new, d_metrics = self.d_step(new, batch['image'][i], batch['label'][i], keys[i])
       finite.append(d_metrics.pop('finite'))
-    new, g_metrics = g_step(new, keys[-1])
+    new, g_metrics = self.g_step(new, keys[-1])
     finite.append(g_metrics.pop('finite'))
     # Our own guard rather than optax.apply_if_finite: spectral, BN and EMA
     # state must be held back too, not just the parameters. lax.cond picks
     # whole buffers; a jnp.where per leaf cost 8% of the quickstart CPU step.
-    ok = jnp.all(jnp.stack(finite)) & (state.streak < config.max_nonfinite_steps)
+    ok = jnp.all(jnp.stack(finite)) & (state.streak < c.max_nonfinite_steps)
     new = jax.lax.cond(ok, lambda: new, lambda: state)
     new = new.replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32),
                       streak=jnp.where(ok, 0, state.streak + 1))
@@ -198,17 +116,67 @@ def make_train_step(config, generator, discriminator, mesh):
                'skipped_steps': new.skipped}
     return new, metrics
 
-  train_step.d_step, train_step.g_step = d_step, g_step  # for tests of the parts
-  return train_step
+  def latents(self, key, batch_size):
+    z_key, y_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (batch_size, self.config.z_dim))
+    y = jax.random.randint(y_key, (batch_size,), 0, self.config.num_classes)
+    # Shard fakes like the real batch: each device generates only its part.
+    return jax.lax.with_sharding_constraint((z, y), NamedSharding(self.mesh, P('data')))
 
+  def generate(self, state, g_params, z, y, mutable):
+    """The raw G in training mode, with `g_params` (to differentiate)."""
+    variables = dict(generator_variables(state, ema=False), params=g_params)
+    return sampling.generator_forward(self.config, self.generator, self.mesh, variables, z, y,
+                                      mutable=mutable)
 
-def compile_train_step(config, generator, discriminator, mesh):
-  """jit over the mesh: state replicated and donated, batch split on its B axis."""
-  replicated = NamedSharding(mesh, P())
-  batch = NamedSharding(mesh, P(None, 'data'))  # [num_d_steps, B, ...]
-  return jax.jit(make_train_step(config, generator, discriminator, mesh),
-                 in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+  def d_step(self, state, images, labels, key):
+    """One D update on a real and a fresh fake batch; D's u advances once."""
+    z, y_fake = self.latents(key, images.shape[0])
+    # G uses batch statistics but updates neither its BN averages nor its u here.
+    fake, _ = self.generate(state, state.g_params, z, y_fake, mutable=['batch_stats'])
+    real = images.astype(jnp.float32) / 127.5 - 1.0
+    # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
+    # that each device keeps its own examples: no cross-device shuffle.
+    x = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(-1, *real.shape[1:])
+    y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
+
+    def loss_fn(d_params):
+      logits, new = self.discriminator.apply({'params': d_params, 'spectral': state.d_spectral},
+                                             x, y, mutable=['spectral'])
+      d_real, d_fake = logits.reshape(-1, 2).T
+      return (discriminator_loss(self.config.loss, d_real, d_fake),
+              (new['spectral'], d_real, d_fake))
+
+    (loss, (spectral, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.d_params)
+    updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
+    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                          d_opt_state=opt_state, d_spectral=spectral)
+    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
+                   'd_grad_norm': optax.tree.norm(grads), 'finite': all_finite(loss, grads)}
+
+  def g_step(self, state, key):
+    """One G update through the (fixed) D; G's u and BN averages advance once."""
+    c = self.config
+    z, y = self.latents(key, c.batch_size)
+
+    def loss_fn(g_params):
+      fake, new = self.generate(state, g_params, z, y, mutable=['batch_stats', 'spectral'])
+      d_fake = self.discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
+                                        fake, y)
+      return generator_loss(c.loss, d_fake), new
+
+    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
+    params = optax.apply_updates(state.g_params, updates)
+    # ema <- decay * ema + (1 - decay) * params, from ema_start_step on; a copy before.
+    averaged = optax.incremental_update(params, state.ema_params, 1.0 - c.ema_decay)
+    use_ema = state.step >= c.ema_start_step
+    ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
+    state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
+                          g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
+    return state, {'g_loss': loss, 'g_grad_norm': optax.tree.norm(grads),
+                   'finite': all_finite(loss, grads)}
 
 
 # Training loop
@@ -269,13 +237,14 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   data = input_pipeline.create_train_iterator(config)  # a missing dataset fails here, early
   mesh = make_mesh()
   generator, discriminator = make_models(config)
+  update = Update(config, generator, discriminator, mesh)
   image_sampler = sampling.ImageSampler(generator, mesh)  # sample grids and evaluation
-  evaluator = Evaluator(config, mesh, workdir, image_sampler) if config.eval_every_steps else None
+  evaluator = (evaluation.Evaluator(config, mesh, workdir, image_sampler)
+               if config.eval_every_steps else None)
   manager = checkpoint.make_manager(workdir, config)
   best = checkpoint.make_manager(workdir, config, best=True) if evaluator else None
   try:
-    return _train(config, workdir, data, mesh, generator, discriminator, image_sampler, manager,
-                  evaluator, best)
+    return Loop(workdir, data, update, image_sampler, evaluator, manager, best).run()
   finally:  # a save in flight completes, whatever stopped the loop
     for m in (manager, best):
       if m:
@@ -312,137 +281,110 @@ class EMAStatistics:
     return state
 
 
-class Evaluator:
-  """In-training evaluation of the raw and EMA G (evaluation.py); set up, with
-  the reference statistics, before anything is compiled for training."""
+class Loop:
+  """The training loop of train_and_evaluate: restores or initialises the state,
+  then steps, logging, drawing sample grids, evaluating and saving on schedule."""
 
-  def __init__(self, config, mesh, workdir, image_sampler):
-    self.config, self.evaluation = config, evaluation
-    self.images = image_sampler
+  def __init__(self, workdir, data, update, image_sampler, evaluator, manager, best):
+    config, mesh = update.config, update.mesh
+    self.config, self.mesh = config, mesh
+    self.workdir, self.data, self.images = workdir, data, image_sampler
+    self.evaluator, self.manager, self.best = evaluator, manager, best
+    self.state = checkpoint.restore_for_training(
+        manager, config, checkpoint.abstract(update.shapes(), mesh), data)
+    if self.state is None:
+      self.state = update.init(config.seed)
+    else:
+      logging.info('Resumed from the checkpoint of step %d in %s.', int(self.state.step),
+                   checkpoint.checkpoint_dir(workdir))
+    self.train_step = update.compile()
+    logging.info('Compiling the train step and the samplers (a restart with the same config '
+                 'loads them from the compilation cache).')
+    self.with_ema_statistics = EMAStatistics(config, update.generator, mesh)
+    self.is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
+    self.sample_dir = epath.Path(workdir) / 'samples'
+    if self.is_main:
+      self.sample_dir.mkdir(parents=True, exist_ok=True)
+    self.grid_latents = sampling.grid_latents(config, config.seed + 1)
+    first_step = int(self.state.step)
+    self.writer = logs.MetricWriter(workdir, enabled=self.is_main,
+                                    resumed_from=first_step if first_step else None)
+    self.images_per_step = config.batch_size * config.num_d_steps
+    self.progress = logs.Progress('step', config.num_train_steps, 'steps', first_step,
+                                  items=('images', self.images_per_step))
+
+  def run(self) -> TrainState:
+    c, first_step = self.config, int(self.state.step)
+    if first_step == 0:
+      self.write_samples(0)
+    logging.info('Training steps %d to %d; %d devices, %d processes; G %.2fM, D %.2fM '
+                 'parameters.', first_step + 1, c.num_train_steps, jax.device_count(),
+                 jax.process_count(), *(sum(x.size for x in jax.tree.leaves(p)) / 1e6
+                                        for p in (self.state.g_params, self.state.d_params)))
+    due = lambda done, every: done % every == 0 or done == c.num_train_steps
+    preemption = Preemption(self.manager)
     try:
-      self.extractor = evaluation.make_extractor(config, mesh)
-    except FileNotFoundError as e:
-      raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
-    try:
-      self.reference, self.class_ref, self.classes = evaluation.references(
-          config, self.extractor, config.eval_num_samples,
-          evaluation.reference_dir(config, workdir), config.eval_intra_class)
-    except ValueError as e:
-      raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
-    self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
-    self.floor = evaluation.floor(config, self.extractor, self.reference,
-                                  config.eval_num_samples,
-                                  evaluation.reference_dir(config, workdir))
-    logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
-                 config.eval_num_samples, format_metrics(self.floor))
+      for step in range(first_step, c.num_train_steps):
+        batch = shard_batch(next(self.data), self.mesh)
+        with jax.transfer_guard('disallow'):  # no hidden host<->device copies in the step
+          self.state, metrics = self.train_step(self.state, batch)
+        done = step + 1
+        if due(done, c.log_every_steps):
+          self.log(done, metrics)
+        if due(done, c.sample_every_steps):
+          self.write_samples(done)
+        if self.evaluator and due(done, c.eval_every_steps):
+          self.evaluate(done)
+        preempted = preemption(done)
+        if due(done, c.checkpoint_every_steps) or preempted:
+          self.save(force=done == c.num_train_steps or preempted)
+        if preempted:
+          self.manager.wait_until_finished()
+          logging.warning('Preempted: saved the checkpoint of step %d; the next start resumes '
+                          'from it.', done)
+          break
+    finally:
+      preemption.close()
+      self.writer.close()
+    return self.state
 
-  def __call__(self, state: TrainState) -> dict:
-    """{'eval/ema/fid': ..., 'eval/raw/fid': ..., ...}."""
-    out = {}
-    for name in ('ema', 'raw'):
-      result = self.evaluation.evaluate(self.images, generator_variables(state, name == 'ema'),
-                                        self.config, self.extractor,
-                                        self.reference, self.config.eval_num_samples,
-                                        seed=self.config.seed, class_ref=self.class_ref,
-                                        classes=self.classes)
-      # Scalars only: each class's intra-class FID is in --mode=eval's JSON.
-      out.update({f'eval/{name}/{k}': v for k, v in result.items()
-                  if k != 'num_samples' and not isinstance(v, dict)})
-    return out
+  def log(self, step: int, metrics: dict):
+    check_finite(self.state, self.config, self.workdir)
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    logging.info(self.progress.line(step, ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
+                                                   if not k.startswith('sigma/')) + ' | '))
+    self.writer.scalars(step, {**metrics, 'steps_per_s': self.progress.rate,
+                               'images_per_s': self.progress.rate * self.images_per_step,
+                               'g_lr': self.config.g_lr, 'd_lr': self.config.d_lr})
 
-
-def format_metrics(metrics: dict) -> str:
-  return ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
-                  if '_per_s' not in k and not k.endswith('_std') and k != 'seconds')
-
-
-def _train(config, workdir, data, mesh, generator, discriminator, image_sampler, manager,
-           evaluator, best):
-  shapes = jax.eval_shape(
-      lambda: create_train_state(config, generator, discriminator, jax.random.PRNGKey(0)))
-  state = checkpoint.restore_for_training(manager, config, checkpoint.abstract(shapes, mesh),
-                                          data)
-  if state is None:
-    state = init_train_state(config, generator, discriminator, mesh, config.seed)
-  else:
-    logging.info('Resumed from the checkpoint of step %d in %s.', int(state.step),
-                 checkpoint.checkpoint_dir(workdir))
-  train_step = compile_train_step(config, generator, discriminator, mesh)
-  logging.info('Compiling the train step and the samplers (a restart with the same config '
-               'loads them from the compilation cache).')
-  with_ema_statistics = EMAStatistics(config, generator, mesh)
-
-  is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
-  sample_dir = epath.Path(workdir) / 'samples'
-  if is_main:
-    sample_dir.mkdir(parents=True, exist_ok=True)
-  z, labels = sampling.grid_latents(config, config.seed + 1)
-  first_step = int(state.step)
-  writer = logs.MetricWriter(workdir, enabled=is_main,
-                             resumed_from=first_step if first_step else None)
-
-  def write_samples(state, step: int):
+  def write_samples(self, step: int):
     """The fixed-noise grids of the raw and the EMA G: PNGs and TensorBoard images."""
-    rows = min(config.sample_classes, config.num_classes)
+    self.state = self.with_ema_statistics(self.state)
+    rows = min(self.config.sample_classes, self.config.num_classes)
     grids = {}
     for name in ('raw', 'ema'):
-      images = image_sampler(generator_variables(state, ema=name == 'ema'), z, labels)
-      if is_main:
+      images = self.images(generator_variables(self.state, ema=name == 'ema'),
+                           *self.grid_latents)
+      if self.is_main:
         grids[f'samples/{name}'] = sampling.save_grid(images, rows,
-                                                      sample_dir / f'{step:07d}_{name}.png')
-    writer.images(step, grids)
+                                                      self.sample_dir / f'{step:07d}_{name}.png')
+    self.writer.images(step, grids)
 
-  if first_step == 0:
-    state = with_ema_statistics(state)
-    write_samples(state, first_step)
-  images_per_step = config.batch_size * config.num_d_steps
-  progress = logs.Progress('step', config.num_train_steps, 'steps', first_step,
-                           items=('images', images_per_step))
-  logging.info('Training steps %d to %d; %d devices, %d processes; G %.2fM, D %.2fM parameters.',
-               first_step + 1, config.num_train_steps, jax.device_count(), jax.process_count(),
-               sum(x.size for x in jax.tree.leaves(state.g_params)) / 1e6,
-               sum(x.size for x in jax.tree.leaves(state.d_params)) / 1e6)
-  preemption = Preemption(manager)
-  try:
-    for step in range(first_step, config.num_train_steps):
-      batch = shard_batch(next(data), mesh)
-      with jax.transfer_guard('disallow'):  # no hidden host<->device copies in the step
-        state, metrics = train_step(state, batch)
-      done = step + 1
-      last = done == config.num_train_steps
-      if done % config.log_every_steps == 0 or last:
-        check_finite(state, config, workdir)
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        logging.info(progress.line(done, ' '.join(f'{k} {v:.4f}' for k, v in metrics.items()
-                                                  if not k.startswith('sigma/')) + ' | '))
-        writer.scalars(done, {**metrics, 'steps_per_s': progress.rate,
-                              'images_per_s': progress.rate * images_per_step,
-                              'g_lr': config.g_lr, 'd_lr': config.d_lr})
-      if done % config.sample_every_steps == 0 or last:
-        state = with_ema_statistics(state)
-        write_samples(state, done)
-      if evaluator and (done % config.eval_every_steps == 0 or last):
-        state = with_ema_statistics(state)
-        results = evaluator(state)
-        logging.info('eval at step %d | %s', done, format_metrics(results))
-        writer.scalars(done, results)
-        if check_finite(state, config, workdir) == 0:  # kept if its EMA distance is the least
-          checkpoint.save(best, state, data, config,
-                          metrics={'distance': results[f'eval/ema/{evaluator.distance}']})
-      preempted = preemption(done)
-      if done % config.checkpoint_every_steps == 0 or last or preempted:
-        # Periodic saves only from a healthy state, so that a run of skipped
-        # steps never rotates out the checkpoints from before it.
-        streak = check_finite(state, config, workdir)
-        if streak == 0 or last or preempted:
-          state = with_ema_statistics(state)
-          checkpoint.save(manager, state, data, config)
-      if preempted:
-        manager.wait_until_finished()
-        logging.warning('Preempted: saved the checkpoint of step %d; the next start resumes '
-                        'from it.', done)
-        break
-  finally:
-    preemption.close()
-    writer.close()
-  return state
+  def evaluate(self, step: int):
+    """Evaluates both generators; keeps the state as the best checkpoint if its EMA
+    distance is the least so far."""
+    self.state = self.with_ema_statistics(self.state)
+    results = self.evaluator({name: generator_variables(self.state, ema=name == 'ema')
+                              for name in ('ema', 'raw')})
+    logging.info('eval at step %d | %s', step, logs.format_metrics(results))
+    self.writer.scalars(step, results)
+    if check_finite(self.state, self.config, self.workdir) == 0:
+      checkpoint.save(self.best, self.state, self.data, self.config,
+                      metrics={'distance': results[f'eval/ema/{self.evaluator.distance}']})
+
+  def save(self, force: bool):
+    """Periodic saves only from a healthy state, so that a run of skipped steps never
+    rotates out the checkpoints from before it; the last and a preempted step always."""
+    if check_finite(self.state, self.config, self.workdir) == 0 or force:
+      self.state = self.with_ema_statistics(self.state)
+      checkpoint.save(self.manager, self.state, self.data, self.config)

@@ -33,14 +33,11 @@ class Tiny:
     self.config = tiny_config()
     self.mesh = train.make_mesh()
     self.generator, self.discriminator = make_models(self.config)
-    self.step_fn = train.make_train_step(self.config, self.generator, self.discriminator,
-                                         self.mesh)
-    self.train_step = train.compile_train_step(self.config, self.generator,
-                                               self.discriminator, self.mesh)
+    self.update = train.Update(self.config, self.generator, self.discriminator, self.mesh)
+    self.train_step = self.update.compile()
 
   def new_state(self, seed=0):
-    return train.init_train_state(self.config, self.generator, self.discriminator, self.mesh,
-                                  seed)
+    return self.update.init(seed)
 
   def batch(self, seed=0):
     """A random uint8 batch [num_d_steps, B, 32, 32, 3] on the mesh."""

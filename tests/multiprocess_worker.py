@@ -21,8 +21,8 @@ def main(port, process_id, num_processes):
   config = tiny_config()
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
-  step = train.compile_train_step(config, generator, discriminator, mesh)
+  update = train.Update(config, generator, discriminator, mesh)
+  state, step = update.init(0), update.compile()
   rng = np.random.default_rng(0)
   per_process = config.batch_size // num_processes
   mine = slice(process_id * per_process, (process_id + 1) * per_process)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sagan_jax import checkpoint, input_pipeline, sampling, train
+from sagan_jax import checkpoint, input_pipeline, sampling, train, train_state
 from sagan_jax.models import make_models
 from processes import single_device_env
 from tiny_config import shapes_config
@@ -34,7 +34,7 @@ def test_resume_is_bit_exact(runs):
   paths_b, leaves_b = zip(*jax.tree_util.tree_flatten_with_path(jax.device_get(resumed))[0])
   assert paths_a == paths_b
   # Parameters, both Adam states, spectral u's, BN averages, EMA, step and RNG key.
-  assert {p[0].name for p in paths_a} == set(train.TrainState.__dataclass_fields__)
+  assert {p[0].name for p in paths_a} == set(train_state.TrainState.__dataclass_fields__)
   for path, a, b in zip(paths_a, leaves_a, leaves_b):
     assert np.array_equal(a, b), jax.tree_util.keystr(path)
   assert int(resumed.step) == 4

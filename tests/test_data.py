@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sagan_jax import input_pipeline, shapes_dataset, train
+from sagan_jax.preprocessing import preprocess
 from processes import run_workers
 from tiny_config import load_config, tiny_config
 
@@ -57,10 +58,10 @@ def test_classes_differ_in_structure_not_colour():
 def test_preprocess_centre_crops_and_resizes():
   image = np.zeros((40, 60, 3), np.uint8)
   image[:, 10:50] = 255  # the centred 40x40 square is white, the side bands black
-  out = input_pipeline.preprocess({'image': tf.constant(image), 'label': tf.constant(3)}, 32)
+  out = preprocess({'image': tf.constant(image), 'label': tf.constant(3)}, 32)
   assert out['image'].shape == (32, 32, 3) and out['image'].dtype == tf.uint8
   assert int(tf.reduce_min(out['image'])) == 255
-  gray = input_pipeline.preprocess({'image': tf.zeros((32, 32, 1), tf.uint8),
+  gray = preprocess({'image': tf.zeros((32, 32, 1), tf.uint8),
                                     'label': tf.constant(1, tf.int64)}, 32)
   assert gray['image'].shape == (32, 32, 3) and gray['label'].dtype == tf.int32
 

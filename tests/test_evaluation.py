@@ -29,7 +29,8 @@ def test_shipped_classifier_knows_the_test_split(tfds_dir):
 
 
 def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weights, tmp_path):
-  options = modes.Options(num_samples=48, batch_size=16, classifier_weights=classifier_weights,
+  options = modes.Options(eval_samples=48, sample_batch_size=16,
+                          classifier_weights=classifier_weights,
                           out=str(tmp_path / 'a'))
   [path] = modes.evaluate(runs[1], options)
   result = json.load(open(path))
@@ -76,16 +77,17 @@ def test_intra_class_distances_compare_each_class_with_the_same_real_class(
 
 
 def test_eval_mode_intra_class(runs, classifier_weights, tmp_path):
-  options = modes.Options(num_samples=40, batch_size=16, classifier_weights=classifier_weights,
+  options = modes.Options(eval_samples=40, sample_batch_size=16,
+                          classifier_weights=classifier_weights,
                           intra_class='3,1', out=str(tmp_path))
   result = json.load(open(modes.evaluate(runs[1], options)[0]))
   per_class = result['intra_frechet_distance_classes']
   assert sorted(per_class) == ['1', '3'] and min(per_class.values()) > 0
   assert result['intra_frechet_distance'] == pytest.approx(np.mean(list(per_class.values())))
   for spec, num, message in (('12', 40, r"--intra_class='12': class 12 is out of range"),
-                             ('all', 19, r'at least 2 samples of each class: --num_samples=20')):
+                             ('all', 19, r'at least 2 samples of each class: --eval_samples=20')):
     with pytest.raises(modes.ModeError, match=message):
-      modes.evaluate(runs[1], modes.Options(num_samples=num, intra_class=spec,
+      modes.evaluate(runs[1], modes.Options(eval_samples=num, intra_class=spec,
                                             classifier_weights=classifier_weights))
 
 
@@ -96,7 +98,7 @@ def test_reference_command_fills_the_directory_runs_read(tfds_dir, classifier_we
   shared = tmp_path / 'shared'
   subprocess.run([sys.executable, '-m', 'sagan_jax.evaluation', '--config=tests/tiny_config.py',
                   f'--config.data_dir={tfds_dir}', f'--config.reference_dir={shared}',
-                  '--num_samples=500', '--intra_class=2', f'--classifier_weights={classifier_weights}'],
+                  '--eval_samples=500', '--intra_class=2', f'--classifier_weights={classifier_weights}'],
                  cwd=ROOT, check=True, capture_output=True, env=single_device_env())
   assert sorted(os.listdir(shared)) == ['sagan_shapes_32_classifier_train_500.npz',
                                         'sagan_shapes_32_classifier_train_classes_2.npz']

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from processes import single_device_env
+from sagan_jax.mesh import cpu_device_count
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 500
@@ -27,6 +28,8 @@ def test_the_quickstart_draws_its_classes_far_above_chance(tfds_dir, tmp_path):
        f'--config.sample_every_steps={STEPS}', f'--config.checkpoint_every_steps={STEPS}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  # By default the step runs on one CPU device per core (that splits the batch of 32).
+  assert f'{cpu_device_count(32, os.cpu_count())} devices, 1 processes' in result.stderr
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   [evaluation] = [r for r in rows if 'eval/ema/class_accuracy' in r]
   assert evaluation['step'] == STEPS

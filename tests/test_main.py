@@ -73,13 +73,19 @@ def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
       (quick, wd, '--config.chh=4'): "config.chh is not a known field; did you mean 'ch'?",
       ('--config=configs/nope.py', wd):
           '--config=configs/nope.py does not load: [Errno 2] No such file',
-      (quick, wd, '--num_samples=5'): '--num_samples is an option of the sample, interpolate',
+      (quick, wd, '--export_samples=5'):
+          '--export_samples is an option of the sample, interpolate',
       ('--mode=sample', wd, '--config.ch=4'): 'modes read the config from the checkpoint',
       ('--mode=sample', wd, quick): 'leave out --config and --config.FIELD',
       ('--mode=sample', wd): f'no checkpoint in {tmp_path}',
+      # One of several processes (here as SLURM starts them) without a distributed client.
+      (quick, wd, 'SLURM_NTASKS=2'): 'this process is one of 2 (SLURM_NTASKS=2) but would run '
+                                     'alone: add --distributed',
   }
-  runs = {args: subprocess.Popen([sys.executable, 'main.py', *args], cwd=ROOT, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  env = lambda args: dict(os.environ, **dict(a.split('=') for a in args if '--' not in a))
+  runs = {args: subprocess.Popen([sys.executable, 'main.py', *[a for a in args if '--' in a]],
+                                 cwd=ROOT, text=True, env=env(args), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
           for args in cases}
   for args, expected in cases.items():
     _, err = runs[args].communicate(timeout=120)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import train
+from sagan_jax import train_state
 from sagan_jax.config import default_config
 from sagan_jax.models import Discriminator, Generator, make_models
 
@@ -71,7 +71,8 @@ def test_tiny_models_run(tiny):
   state = tiny.new_state()
   z = jax.random.normal(jax.random.PRNGKey(1), (4, c.z_dim))
   y = jnp.arange(4) % c.num_classes
-  images = tiny.generator.apply(train.generator_variables(state, ema=False), z, y, train=False)
+  variables = train_state.generator_variables(state, ema=False)
+  images = tiny.generator.apply(variables, z, y, train=False)
   assert images.shape == (4, 32, 32, 3) and float(jnp.max(jnp.abs(images))) <= 1.0
   logits = tiny.discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
                                     images, y)

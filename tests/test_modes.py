@@ -26,7 +26,7 @@ def png(path) -> np.ndarray:
 
 def test_sample_mode_grid_export_and_determinism(runs, tmp_path):
   workdir = runs[1]
-  options = lambda name, **kw: modes.Options(classes='1,3', per_class=3, num_samples=5,
+  options = lambda name, **kw: modes.Options(classes='1,3', per_class=3, export_samples=5,
                                              out=str(tmp_path / name), **kw)
   grid, npz = modes.sample(workdir, options('a', format='npz'))
   assert grid.endswith('grid_ema_0000004.png')
@@ -78,11 +78,11 @@ def test_standing_statistics_average_per_batch_statistics(runs):
 
 
 def test_interpolate_mode_strips(runs, tmp_path):
-  options = modes.Options(classes='0,2,5', steps=4, out=str(tmp_path))
+  options = modes.Options(classes='0,2,5', strip_images=4, out=str(tmp_path))
   z_path, class_path = modes.interpolate(runs[1], options)
   for path in (z_path, class_path):
     assert png(path).shape == (3 * 34 * 2, 4 * 34 * 2, 3)  # 3 rows of 4 images, x2
-  again = modes.interpolate(runs[1], modes.Options(classes='0,2,5', steps=4,
+  again = modes.interpolate(runs[1], modes.Options(classes='0,2,5', strip_images=4,
                                                    out=str(tmp_path / 'again')))
   assert [png(p).tolist() for p in again] == [png(z_path).tolist(), png(class_path).tolist()]
   # The class strip starts at class a and ends at class b (one-hot rows of the CBN tables).
@@ -129,7 +129,9 @@ def test_modes_reject_bad_input_with_the_fix(runs, tmp_path):
   with pytest.raises(modes.ModeError, match='pixel .* is outside the 32x32 image'):
     modes.attention(runs[1], modes.Options(queries='8,40', out=str(tmp_path)))
   with pytest.raises(checkpoint.CheckpointError, match=r'no checkpoint of step 7 .* \[2, 4\]'):
-    modes.sample(runs[1], modes.Options(step=7, out=str(tmp_path)))
+    modes.sample(runs[1], modes.Options(checkpoint_step=7, out=str(tmp_path)))
+  with pytest.raises(modes.ModeError, match="--generator='avg': one of 'ema', 'raw'"):
+    modes.sample(runs[1], modes.Options(generator='avg'))
   (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
   with pytest.raises(checkpoint.CheckpointError, match='no checkpoint in .*: train first'):
     modes.interpolate(str(tmp_path / 'empty'), modes.Options())

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from sagan_jax import sampling, train
+from sagan_jax import sampling, train, train_state
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.models import make_models
 from processes import run_workers
@@ -11,8 +11,8 @@ from tiny_config import tiny_config
 
 
 def _run(config, mesh, generator, discriminator, batches):
-  state = train.init_train_state(config, generator, discriminator, mesh, seed=0)
-  step = train.compile_train_step(config, generator, discriminator, mesh)
+  update = train.Update(config, generator, discriminator, mesh)
+  state, step = update.init(0), update.compile()
   history = []
   for batch in batches:
     state, metrics = step(state, train.shard_batch(batch, mesh))
@@ -90,7 +90,7 @@ def test_batch_must_divide_over_devices_and_processes():
 def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
   config = tiny_config(bn_per_device=True)
   state = tiny.new_state()
-  variables = train.generator_variables(state, ema=False)
+  variables = train_state.generator_variables(state, ema=False)
   z = jax.random.normal(jax.random.PRNGKey(3), (8, config.z_dim))
   y = np.arange(8, dtype=np.int32) % config.num_classes
   forward = jax.jit(lambda v, z, y: sampling.generator_forward(
@@ -107,6 +107,15 @@ def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
   global_images, _ = alone(variables, z, y)  # global statistics give other images
   assert np.abs(np.asarray(global_images) - np.asarray(images)).max() > 1e-2
   # And the whole step trains with it.
-  step = train.compile_train_step(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  step = train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh).compile()
   _, metrics = step(state, tiny.batch())
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+
+
+def test_cpu_devices_one_per_core_that_split_the_batch():
+  from sagan_jax.mesh import cpu_device_count, use_cpu_cores
+  assert cpu_device_count(32, 2) == 2 and cpu_device_count(32, 16) == 16
+  assert cpu_device_count(32, 3) == 2 and cpu_device_count(30, 4) == 3
+  assert cpu_device_count(7, 4) == 1 and cpu_device_count(2, 8) == 2
+  # A count the user chose (here the tests' XLA_FLAGS) is left alone.
+  assert use_cpu_cores(32, cores=2) == 1 and jax.device_count() == 8

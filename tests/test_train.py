@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from sagan_jax import sampling, train
+from sagan_jax import sampling, train, train_state
 
 
 def host(tree):
@@ -63,7 +63,7 @@ def test_step_has_finite_losses_and_changes_both_nets(tiny):
 def test_spectral_state_advances_once_per_d_step(tiny):
   """D's u: one power iteration per D step (two here), none in the G step; G's u: one."""
   assert tiny.config.num_d_steps == 2
-  d_step, g_step = jax.jit(tiny.step_fn.d_step), jax.jit(tiny.step_fn.g_step)
+  d_step, g_step = jax.jit(tiny.update.d_step), jax.jit(tiny.update.g_step)
   state, batch = tiny.new_state(), tiny.batch(1)
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   s0 = host(state)
@@ -112,10 +112,10 @@ def test_ema_generator_has_batch_statistics_of_its_own_weights(tiny):
   # After step 0 (< ema_start_step) the EMA is a copy: the EMA G is the raw weights measured on the
   # EMA's batch, so it equals the raw G given those statistics.
   copy = ema_statistics(state)
-  ema = train.generator_variables(copy, ema=True)
+  ema = train_state.generator_variables(copy, ema=True)
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed + 2), 1), 0)
   z, y = sampling.random_batch(key, c.batch_size, c)  # the one batch it was measured on
-  raw = train.generator_variables(copy, ema=False)
+  raw = train_state.generator_variables(copy, ema=False)
   _, measured = tiny.generator.clone(bn_momentum=0.0).apply(raw, z, y, train=True,
                                                             mutable=['batch_stats'])
   assert_tree_close(ema['batch_stats'], measured['batch_stats'], rtol=1e-5, atol=1e-6)
@@ -129,7 +129,8 @@ def test_ema_generator_has_batch_statistics_of_its_own_weights(tiny):
   state, _ = tiny.train_step(state, tiny.batch(4))
   state = ema_statistics(state)
   assert int(state.step) == 3
-  ema, raw = train.generator_variables(state, True), train.generator_variables(state, False)
+  ema, raw = (train_state.generator_variables(state, True),
+              train_state.generator_variables(state, False))
   assert max_distance(host(ema['params']), host(raw['params'])) > 1e-4
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(c.seed + 2), 3), 0)
   z, y = sampling.random_batch(key, c.batch_size, c)
@@ -149,7 +150,7 @@ def test_many_steps_compile_once(tiny):
 
 
 def test_adam_is_ttur_with_beta1_zero(tiny):
-  g_tx, d_tx = train.make_optimizers(tiny.config)
+  g_tx, d_tx = tiny.update.g_tx, tiny.update.d_tx
   grads = {'w': np.ones(3, np.float32)}
   for tx, lr in ((g_tx, tiny.config.g_lr), (d_tx, tiny.config.d_lr)):
     updates, _ = tx.update(grads, tx.init(grads))

@@ -1,0 +1,150 @@
+"""main.py itself as a local multi-process cluster (jax.distributed on localhost, 2
+processes x 2 CPU devices), as on a TPU pod: training with evaluation, every mode
+equal to the same run on one process, preemption, a lost process, and a resume on
+another process count."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from processes import single_device_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 4
+
+
+def start_main(num_processes: int, devices: int, *args, timeout_flags=()) -> list:
+  """main.py as `num_processes` processes of `devices` CPU devices each."""
+  env = single_device_env(JAX_NUM_CPU_DEVICES=str(devices))
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  cluster = lambda i: ([f'--coordinator_address=localhost:{port}',
+                        f'--num_processes={num_processes}', f'--process_id={i}', *timeout_flags]
+                       if num_processes > 1 else [])
+  return [subprocess.Popen([sys.executable, 'main.py', *args, *cluster(i)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for i in range(num_processes)]
+
+
+def finish(processes, timeout=400) -> list[tuple[int, str, str]]:
+  out = []
+  for p in processes:
+    stdout, stderr = p.communicate(timeout=timeout)
+    out.append((p.returncode, stdout, stderr))
+  return out
+
+
+def run_main(num_processes: int, devices: int, *args) -> list[tuple[int, str, str]]:
+  results = finish(start_main(num_processes, devices, *args))
+  for code, _, err in results:
+    assert code == 0, err[-3000:]
+  return results
+
+
+def train_flags(workdir, tfds_dir, *extra):
+  return ['--config=tests/tiny_config.py', f'--workdir={workdir}',
+          f'--config.data_dir={tfds_dir}', *extra]
+
+
+@pytest.fixture(scope='module')
+def pod_run(tfds_dir, tmp_path_factory):
+  """A tiny run trained by 2 processes, with evaluation, grids and checkpoints every 2 steps."""
+  workdir = tmp_path_factory.mktemp('pod_run')
+  results = run_main(2, 2, *train_flags(
+      workdir, tfds_dir, f'--config.num_train_steps={STEPS}', '--config.eval_every_steps=2',
+      '--config.eval_num_samples=40', '--config.checkpoint_every_steps=2',
+      '--config.sample_every_steps=2'))
+  return workdir, results
+
+
+@pytest.mark.slow
+def test_training_with_evaluation_on_two_processes(pod_run):
+  workdir, [(_, _, first), (_, _, second)] = pod_run
+  assert 'Training steps 1 to 4; 4 devices, 2 processes' in first
+  assert 'eval at step 2 |' in first and 'eval at step 4 |' in first
+  assert 'eval at step' not in second  # progress is logged by process 0 only
+  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  evals = [r['step'] for r in rows if 'eval/ema/frechet_distance' in r]
+  assert evals == [2, 4]  # each row written once, by process 0
+  assert all(np.isfinite(r['eval/ema/class_accuracy']) for r in rows if r['step'] in evals)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  assert os.listdir(workdir / 'checkpoints_best')
+  assert {f'{s:07d}_{g}.png' for s in (0, 2, 4) for g in ('ema', 'raw')} <= set(
+      os.listdir(workdir / 'samples'))
+
+
+MODES = {
+    'eval': ['--mode=eval', '--eval_samples=40'],
+    'sample': ['--mode=sample', '--export_samples=10', '--format=npz', '--classes=0,3'],
+    'interpolate': ['--mode=interpolate', '--classes=1,2', '--strip_images=4'],
+    'attention': ['--mode=attention', '--classes=5'],
+}
+
+
+def files(directory) -> dict[str, bytes]:
+  return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))}
+
+
+@pytest.mark.slow
+def test_every_mode_on_two_processes_equals_one_process(pod_run, tmp_path):
+  workdir, _ = pod_run
+  for mode, flags in MODES.items():
+    pod, single = tmp_path / mode / 'pod', tmp_path / mode / 'single'
+    runs = start_main(2, 2, *flags, f'--workdir={workdir}', f'--out={pod}')
+    runs += start_main(1, 4, *flags, f'--workdir={workdir}', f'--out={single}')
+    for code, _, err in finish(runs):
+      assert code == 0, (mode, err[-3000:])
+    a, b = files(pod), files(single)
+    assert a.keys() == b.keys() and a, mode
+    for name in a:
+      if name.endswith('.json'):  # metrics: equal to float tolerance (not the timings)
+        x, y = json.loads(a[name]), json.loads(b[name])
+        for key in x:
+          if isinstance(x[key], float) and 'per_s' not in key and key != 'seconds':
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), (mode, key)
+      else:
+        assert a[name] == b[name], (mode, name)  # images and exports: identical
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_saves_one_step_and_resumes(tfds_dir, tmp_path):
+  """As a TPU maintenance event does: every process gets SIGTERM; they agree on one
+  step, save it, and exit 0; a restart resumes from it."""
+  flags = lambda steps: train_flags(
+      tmp_path, tfds_dir, f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=1000', '--config.sample_every_steps=1000')
+  processes = start_main(2, 2, *flags(1000))
+  deadline = time.time() + 300
+  while not (tmp_path / 'metrics.jsonl').exists() or len(
+      (tmp_path / 'metrics.jsonl').read_text().splitlines()) < 3:
+    assert time.time() < deadline and all(p.poll() is None for p in processes)
+    time.sleep(0.5)
+  for p in processes:
+    p.send_signal(signal.SIGTERM)
+  results = finish(processes, timeout=120)
+  assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
+  [saved] = os.listdir(tmp_path / 'checkpoints')
+  assert f'Preempted: saved the checkpoint of step {saved}' in results[0][2]
+  resumed = run_main(2, 2, *flags(int(saved) + 1))
+  assert f'Resumed from the checkpoint of step {saved}' in resumed[0][2]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_two_processes_resumes_on_one_and_back(pod_run, tfds_dir, tmp_path):
+  workdir, _ = pod_run
+  copy = tmp_path / 'run'
+  subprocess.run(['cp', '-r', str(workdir), str(copy)], check=True)
+  for processes, devices, steps in ((1, 4, STEPS + 1), (2, 2, STEPS + 2)):
+    [(_, _, log), *_] = run_main(processes, devices, *train_flags(
+        copy, tfds_dir, f'--config.num_train_steps={steps}', '--config.eval_every_steps=0'))
+    assert f'Resumed from the checkpoint of step {steps - 1}' in log
+    assert (f'written by {3 - processes} processes and this run has {processes}: the model '
+            'state is restored, and the data stream starts again') in log
+    assert f'step {steps}/{steps}' in log
