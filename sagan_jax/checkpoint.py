@@ -89,7 +89,11 @@ def make_manager(workdir: str, config=None, best: bool = False) -> ocp.Checkpoin
     policy = ocp.checkpoint_managers.LatestN(config.checkpoints_to_keep)
   options = ocp.CheckpointManagerOptions(
       create=config is not None, read_only=config is None, enable_async_checkpointing=True,
-      cleanup_tmp_directories=config is not None, preservation_policy=policy)
+      cleanup_tmp_directories=config is not None, preservation_policy=policy,
+      # Its own barrier names: the latest and the best manager may save the same step at
+      # once, and on several processes same-named barriers collide.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix='best' if best else 'latest'))
   return ocp.CheckpointManager(checkpoint_dir(workdir, best), options=options,
                                item_names=('state', 'data', 'meta'))
 

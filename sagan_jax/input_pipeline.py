@@ -62,7 +62,7 @@ def _builder(config) -> tfds.core.DatasetBuilder:
     builder = resized_dataset.builder(name, config.image_size, data_dir)
     if not builder.is_prepared():
       logging.info('Preparing the image folder %s in %s (once).', root, builder.data_dir)
-    builder.download_and_prepare()  # local files only
+    _prepare(builder)  # local files only
     return builder
   if name.startswith(RESIZED):
     builder = resized_dataset.builder(name[len(RESIZED):], config.image_size, data_dir)
@@ -75,9 +75,19 @@ def _builder(config) -> tfds.core.DatasetBuilder:
   if name == EMBEDDED:
     if not builder.is_prepared():
       logging.info('Preparing %s in %s (once, about 5 s).', name, builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    _prepare(builder, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, **kwargs) -> None:
+  """Prepares a dataset once. Processes of one run that share the data dir may prepare
+  it at the same time: each writes its own temporary copy, and every rename after the
+  first finds the dataset there, which is as good."""
+  try:
+    builder.download_and_prepare(**kwargs)  # nothing to do once prepared
+  except FileExistsError:
+    if not builder.is_prepared():
+      raise
 
 
 def get_builder(config) -> tfds.core.DatasetBuilder:
