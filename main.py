@@ -27,6 +27,8 @@ flags.DEFINE_string('coordinator_address', None,
                     'host:port of process 0, for a multi-process run started by hand.')
 flags.DEFINE_integer('num_processes', None, 'Process count, with --coordinator_address.')
 flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+flags.DEFINE_integer('heartbeat_timeout', 100, 'Seconds without word from a process after '
+                     'which the others of a multi-process run stop (it died).')
 flags.DEFINE_bool('compilation_cache', True,
                   'Keep compiled programs in WORKDIR/compilation_cache (unless '
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
@@ -124,7 +126,8 @@ def main(argv):
     from sagan_jax.mesh import use_cpu_cores
     use_cpu_cores(FLAGS.config.batch_size // max(FLAGS.num_processes or 1, 1))
   if FLAGS.distributed or FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # progress is logged by process 0
   logging.info('JAX process %d/%d, local devices %s', jax.process_index(), jax.process_count(),
@@ -146,6 +149,17 @@ def main(argv):
     sys.exit(f'Checkpoint error: {e}')
   except train.NonFiniteError as e:
     sys.exit(f'Training stopped: {e}')
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective failed: another process of the run died. Say so in one line and leave
+    # at once, without the distributed shutdown (its barrier would wait for the dead
+    # process, then abort with pages of logs). A partial checkpoint is cleaned up on restart.
+    reason = str(e).strip().splitlines()[0][:200]
+    print(f'Training stopped: process {jax.process_index()} lost another process of this run '
+          f'({reason}). Restart the job: it resumes from the last complete checkpoint.',
+          file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':

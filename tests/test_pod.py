@@ -149,3 +149,28 @@ def test_a_checkpoint_of_two_processes_resumes_on_one_and_back(pod_run, tfds_dir
     assert (f'written by {3 - processes} processes and this run has {processes}: the model '
             'state is restored, and the data stream starts again') in log
     assert f'step {steps}/{steps}' in log
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_others_and_the_run_resumes(tfds_dir, tmp_path):
+  """SIGKILL of one process mid-run: the other stops soon with one clear line (here at
+  once: its next collective fails; on a TPU, after --heartbeat_timeout), and a restart
+  resumes from the last complete checkpoint."""
+  flags = lambda steps: train_flags(
+      tmp_path, tfds_dir, f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
+      '--config.checkpoint_every_steps=3', '--config.sample_every_steps=1000')
+  processes = start_main(2, 2, *flags(1000), timeout_flags=['--heartbeat_timeout=20'])
+  metrics, deadline = tmp_path / 'metrics.jsonl', time.time() + 300
+  while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
+    assert time.time() < deadline and all(p.poll() is None for p in processes)
+    time.sleep(0.5)
+  processes[1].kill()
+  start = time.time()
+  code, _, err = finish(processes[:1], timeout=120)[0]
+  processes[1].communicate()
+  assert code != 0 and time.time() - start < 120
+  assert 'Training stopped: process 0 lost another process of this run' in err, err[-3000:]
+  assert 'Fatal Python error' not in err
+  saved = max(int(step) for step in os.listdir(tmp_path / 'checkpoints') if step.isdigit())
+  resumed = run_main(2, 2, *flags(saved + 1))
+  assert f'Resumed from the checkpoint of step {saved}' in resumed[0][2]
