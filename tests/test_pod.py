@@ -115,29 +115,6 @@ def test_every_mode_on_two_processes_equals_one_process(pod_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_every_process_saves_one_step_and_resumes(tfds_dir, tmp_path):
-  """As a TPU maintenance event does: every process gets SIGTERM; they agree on one
-  step, save it, and exit 0; a restart resumes from it."""
-  flags = lambda steps: train_flags(
-      tmp_path, tfds_dir, f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
-      '--config.checkpoint_every_steps=1000', '--config.sample_every_steps=1000')
-  processes = start_main(2, 2, *flags(1000))
-  deadline = time.time() + 300
-  while not (tmp_path / 'metrics.jsonl').exists() or len(
-      (tmp_path / 'metrics.jsonl').read_text().splitlines()) < 3:
-    assert time.time() < deadline and all(p.poll() is None for p in processes)
-    time.sleep(0.5)
-  for p in processes:
-    p.send_signal(signal.SIGTERM)
-  results = finish(processes, timeout=120)
-  assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
-  [saved] = os.listdir(tmp_path / 'checkpoints')
-  assert f'Preempted: saved the checkpoint of step {saved}' in results[0][2]
-  resumed = run_main(2, 2, *flags(int(saved) + 1))
-  assert f'Resumed from the checkpoint of step {saved}' in resumed[0][2]
-
-
-@pytest.mark.slow
 def test_a_checkpoint_of_two_processes_resumes_on_one_and_back(pod_run, tfds_dir, tmp_path):
   workdir, _ = pod_run
   copy = tmp_path / 'run'
@@ -151,19 +128,26 @@ def test_a_checkpoint_of_two_processes_resumes_on_one_and_back(pod_run, tfds_dir
     assert f'step {steps}/{steps}' in log
 
 
+def wait_for_steps(processes, metrics, count: int):
+  deadline = time.time() + 300
+  while not metrics.exists() or len(metrics.read_text().splitlines()) < count:
+    assert time.time() < deadline and all(p.poll() is None for p in processes)
+    time.sleep(0.5)
+
+
 @pytest.mark.slow
-def test_a_killed_process_stops_the_others_and_the_run_resumes(tfds_dir, tmp_path):
+def test_a_killed_process_then_sigterm_to_every_process(tfds_dir, tmp_path):
   """SIGKILL of one process mid-run: the other stops soon with one clear line (here at
   once: its next collective fails; on a TPU, after --heartbeat_timeout), and a restart
-  resumes from the last complete checkpoint."""
+  resumes from the last complete checkpoint. Then SIGTERM to every process, as a TPU
+  maintenance event sends: they agree on one step, save it, exit 0, and a restart
+  resumes from it."""
   flags = lambda steps: train_flags(
       tmp_path, tfds_dir, f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
       '--config.checkpoint_every_steps=3', '--config.sample_every_steps=1000')
+  metrics = tmp_path / 'metrics.jsonl'
   processes = start_main(2, 2, *flags(1000), timeout_flags=['--heartbeat_timeout=20'])
-  metrics, deadline = tmp_path / 'metrics.jsonl', time.time() + 300
-  while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
-    assert time.time() < deadline and all(p.poll() is None for p in processes)
-    time.sleep(0.5)
+  wait_for_steps(processes, metrics, 5)
   processes[1].kill()
   start = time.time()
   code, _, err = finish(processes[:1], timeout=120)[0]
@@ -172,5 +156,15 @@ def test_a_killed_process_stops_the_others_and_the_run_resumes(tfds_dir, tmp_pat
   assert 'Training stopped: process 0 lost another process of this run' in err, err[-3000:]
   assert 'Fatal Python error' not in err
   saved = max(int(step) for step in os.listdir(tmp_path / 'checkpoints') if step.isdigit())
-  resumed = run_main(2, 2, *flags(saved + 1))
-  assert f'Resumed from the checkpoint of step {saved}' in resumed[0][2]
+
+  processes = start_main(2, 2, *flags(1000))
+  wait_for_steps(processes, metrics, len(metrics.read_text().splitlines()) + 3)
+  for p in processes:
+    p.send_signal(signal.SIGTERM)
+  results = finish(processes, timeout=120)
+  assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:]
+  assert f'Resumed from the checkpoint of step {saved}' in results[0][2]
+  preempted = max(int(step) for step in os.listdir(tmp_path / 'checkpoints') if step.isdigit())
+  assert f'Preempted: saved the checkpoint of step {preempted}' in results[0][2]
+  resumed = run_main(2, 2, *flags(preempted + 1))
+  assert f'Resumed from the checkpoint of step {preempted}' in resumed[0][2]
