@@ -51,8 +51,9 @@ class Extractor:
     batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
     features, logits = [], []
     for start in range(0, len(images), batch_size):
-      n = len(images[start:start + batch_size])
-      x = np.pad(images[start:start + n], [(0, batch_size - n), (0, 0), (0, 0), (0, 0)])
+      x = images[start:start + batch_size]
+      n = len(x)
+      x = np.pad(x, [(0, batch_size - n), (0, 0), (0, 0), (0, 0)])
       f, l = self._apply(self.params, global_array(x, self._split))
       features.append(np.asarray(f)[:n])
       logits.append(np.asarray(l)[:n])
@@ -318,15 +319,15 @@ class Evaluator:
       self.extractor = make_extractor(config, mesh)
     except FileNotFoundError as e:
       raise ConfigError(f'config.eval_every_steps={config.eval_every_steps} needs {e}') from None
+    cache_dir = reference_dir(config, workdir)
     try:
       self.reference, self.class_ref, self.classes = references(
-          config, self.extractor, config.eval_num_samples,
-          reference_dir(config, workdir), config.eval_intra_class)
+          config, self.extractor, config.eval_num_samples, cache_dir, config.eval_intra_class)
     except ValueError as e:
       raise ConfigError(f'config.eval_intra_class={config.eval_intra_class!r}: {e}') from None
     self.distance = 'fid' if self.extractor.kind == 'inception' else 'frechet_distance'
     self.floor = floor(config, self.extractor, self.reference, config.eval_num_samples,
-                       reference_dir(config, workdir))
+                       cache_dir)
     logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
                  config.eval_num_samples, logs.format_metrics(self.floor))
 

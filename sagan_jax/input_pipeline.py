@@ -60,9 +60,7 @@ def _builder(config) -> tfds.core.DatasetBuilder:
       raise DataError(f'config.dataset={name!r}: {root} must be a folder of class folders, '
                       'ROOT/<class>/<image>')
     builder = resized_dataset.builder(name, config.image_size, data_dir)
-    if not builder.is_prepared():
-      logging.info('Preparing the image folder %s in %s (once).', root, builder.data_dir)
-    _prepare(builder)  # local files only
+    _prepare(builder, f'the image folder {root}')  # local files only
     return builder
   if name.startswith(RESIZED):
     builder = resized_dataset.builder(name[len(RESIZED):], config.image_size, data_dir)
@@ -73,16 +71,17 @@ def _builder(config) -> tfds.core.DatasetBuilder:
     return builder
   builder = tfds.builder(name, data_dir=config.data_dir or None, try_gcs=False)
   if name == EMBEDDED:
-    if not builder.is_prepared():
-      logging.info('Preparing %s in %s (once, about 5 s).', name, builder.data_dir)
-    _prepare(builder, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    _prepare(builder, f'{name} (about 5 s)',
+             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 
-def _prepare(builder: tfds.core.DatasetBuilder, **kwargs) -> None:
+def _prepare(builder: tfds.core.DatasetBuilder, what: str, **kwargs) -> None:
   """Prepares a dataset once. Processes of one run that share the data dir may prepare
   it at the same time: each writes its own temporary copy, and every rename after the
   first finds the dataset there, which is as good."""
+  if not builder.is_prepared():
+    logging.info('Preparing %s in %s (once).', what, builder.data_dir)
   try:
     builder.download_and_prepare(**kwargs)  # nothing to do once prepared
   except FileExistsError:

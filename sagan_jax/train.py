@@ -306,15 +306,15 @@ class Loop:
     if self.is_main:
       self.sample_dir.mkdir(parents=True, exist_ok=True)
     self.grid_latents = sampling.grid_latents(config, config.seed + 1)
-    first_step = int(self.state.step)
+    self.first_step = int(self.state.step)
     self.writer = logs.MetricWriter(workdir, enabled=self.is_main,
-                                    resumed_from=first_step if first_step else None)
+                                    resumed_from=self.first_step or None)
     self.images_per_step = config.batch_size * config.num_d_steps
-    self.progress = logs.Progress('step', config.num_train_steps, 'steps', first_step,
+    self.progress = logs.Progress('step', config.num_train_steps, 'steps', self.first_step,
                                   items=('images', self.images_per_step))
 
   def run(self) -> TrainState:
-    c, first_step = self.config, int(self.state.step)
+    c, first_step = self.config, self.first_step
     if first_step == 0:
       self.write_samples(0)
     logging.info('Training steps %d to %d; %d devices, %d processes; G %.2fM, D %.2fM '
