@@ -137,11 +137,11 @@ def wait_for_steps(processes, metrics, count: int):
 
 @pytest.mark.slow
 def test_a_killed_process_then_sigterm_to_every_process(tfds_dir, tmp_path):
-  """SIGKILL of one process mid-run: the other stops soon with one clear line (here at
-  once: its next collective fails; on a TPU, after --heartbeat_timeout), and a restart
-  resumes from the last complete checkpoint. Then SIGTERM to every process, as a TPU
-  maintenance event sends: they agree on one step, save it, exit 0, and a restart
-  resumes from it."""
+  """SIGKILL of one process mid-run: the other stops soon with a clear message (its next
+  collective fails, or the coordination service reports the lost process after at most
+  --heartbeat_timeout), and a restart resumes from the last complete checkpoint. Then
+  SIGTERM to every process, as a TPU maintenance event sends: they agree on one step,
+  save it, exit 0, and a restart resumes from it."""
   flags = lambda steps: train_flags(
       tmp_path, tfds_dir, f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
       '--config.checkpoint_every_steps=3', '--config.sample_every_steps=1000')
@@ -153,8 +153,12 @@ def test_a_killed_process_then_sigterm_to_every_process(tfds_dir, tmp_path):
   code, _, err = finish(processes[:1], timeout=120)[0]
   processes[1].communicate()
   assert code != 0 and time.time() - start < 120
-  assert 'Training stopped: process 0 lost another process of this run' in err, err[-3000:]
-  assert 'Fatal Python error' not in err
+  # Which notices first is a race: the failed collective (our one line), or JAX's
+  # coordination service, which aborts the process with its own message (and a stack dump).
+  ours = 'Training stopped: process 0 lost another process of this run' in err
+  jaxs = 'This most likely indicates that another task died' in err
+  assert ours or jaxs, err[-3000:]
+  assert not ours or 'Fatal Python error' not in err
   saved = max(int(step) for step in os.listdir(tmp_path / 'checkpoints') if step.isdigit())
 
   processes = start_main(2, 2, *flags(1000))
