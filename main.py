@@ -7,8 +7,11 @@
   python main.py --mode=interpolate --workdir=/tmp/sagan
   python main.py --mode=attention --workdir=/tmp/sagan --queries='8,8;24,16'
   python main.py --mode=eval --workdir=/tmp/sagan --eval_samples=10000
+  python main.py --mode=reference --config=configs/imagenet128.py --workdir=... \
+      --config.reference_dir=gs://BUCKET/ref --features=inception --inception_weights=...
 
-The sample, interpolate, attention and eval modes read the config from the checkpoint.
+The sample, interpolate, attention and eval modes read the config from the checkpoint;
+the reference mode fills a config's reference statistics ahead of its runs.
 """
 import os
 import sys
@@ -34,8 +37,11 @@ flags.DEFINE_bool('compilation_cache', True,
                   'JAX_COMPILATION_CACHE_DIR is set), so that a restart skips compiling.')
 flags.DEFINE_bool('verbose', False, "Also every library's INFO and WARNING lines (Orbax, JAX, "
                   'TensorFlow); by default only this program\'s lines and errors.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'interpolate', 'attention', 'eval'],
-                  'train, or look at the latest (or --checkpoint_step) checkpoint in --workdir.')
+flags.DEFINE_enum('mode', 'train',
+                  ['train', 'sample', 'interpolate', 'attention', 'eval', 'reference'],
+                  'train; look at the latest (or --checkpoint_step) checkpoint in --workdir; '
+                  'or fill the reference statistics of --config (config.reference_dir, '
+                  'else WORKDIR/reference_stats).')
 flags.mark_flags_as_required(['workdir'])
 options.define_flags()  # the options of the sample, interpolate, attention and eval modes
 
@@ -86,13 +92,19 @@ def parse_flags(argv):
     name, count = launched
     sys.exit(f'Command-line error: this process is one of {count} ({name}={os.environ[name]}) '
              'but would run alone: add --distributed so that they train as one job')
-  if FLAGS.mode == 'train':
-    given = [name for name in options.NAMES if FLAGS[name].present]
-    if given:
-      sys.exit(f'Command-line error: --{given[0]} is an option of the sample, interpolate, '
-               f'attention and eval modes, not of training (choose one with --mode, or set '
-               f'training\'s own fields with --config.FIELD)')
-  elif FLAGS['config'].present or overrides:
+  given = [name for name in options.NAMES if FLAGS[name].present]
+  if FLAGS.mode == 'train' and given:
+    sys.exit(f'Command-line error: --{given[0]} is an option of the sample, interpolate, '
+             f'attention, eval and reference modes, not of training (choose one with --mode, '
+             f'or set training\'s own fields with --config.FIELD)')
+  if FLAGS.mode == 'reference':
+    if not FLAGS['config'].present:
+      sys.exit('Command-line error: --mode=reference needs the --config of the runs that will '
+               'read the statistics, e.g. --config=configs/imagenet128.py')
+    if other := [name for name in given if name not in options.REFERENCE]:
+      sys.exit(f'Command-line error: --mode=reference takes --{", --".join(options.REFERENCE)}'
+               f', not --{other[0]}')
+  elif FLAGS.mode != 'train' and (FLAGS['config'].present or overrides):
     sys.exit(f'Command-line error: --mode={FLAGS.mode} reads the config from the checkpoint in '
              f'--workdir; leave out --config and --config.FIELD (the mode\'s own options are '
              f'listed by python main.py --helpfull)')
@@ -101,7 +113,10 @@ def parse_flags(argv):
 
 def run_mode(mode: str) -> None:
   from sagan_jax import modes
-  written = modes.RUN[mode](FLAGS.workdir, options.from_flags())
+  if mode == 'reference':
+    written = modes.reference(FLAGS.config, FLAGS.workdir, options.from_flags())
+  else:
+    written = modes.RUN[mode](FLAGS.workdir, options.from_flags())
   paths = written[0] if mode == 'attention' else written
   for path in paths:
     logging.info('Wrote %s', path)

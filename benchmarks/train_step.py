@@ -19,6 +19,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if any(a.startswith('--profile_dir') for a in sys.argv):  # before jax: on the CPU, one trace
+  os.environ['XLA_FLAGS'] = (  # event per executed HLO instruction, for the breakdown
+      os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true')
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +38,8 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration file.', 
 flags.DEFINE_integer('steps', 20, 'Timed steps (the median is reported).')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 flags.DEFINE_string('out', None, 'Write the results to this JSON file too.')
-flags.DEFINE_string('profile_dir', None, 'Also write a jax.profiler trace of 3 steps here.')
+flags.DEFINE_string('profile_dir', None, 'Also write a jax.profiler trace of 3 steps here, '
+                    'and report where their time went (benchmarks/step_profile.py).')
 flags.DEFINE_bool('compile_only', False, 'Only compile and report FLOPs per step (no timing).')
 flags.mark_flags_as_required(['config'])
 
@@ -92,10 +96,12 @@ def main(argv):
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
   if FLAGS.profile_dir:
-    with jax.profiler.trace(FLAGS.profile_dir):
+    with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
       for _ in range(3):
         state, metrics = step(state, batch)
       jax.block_until_ready((state, metrics))
+    from step_profile import breakdown
+    profile = breakdown(FLAGS.profile_dir, step.as_text(), steps=3)
 
   device = jax.devices()[0]
   on_cpu = device.platform == 'cpu'
@@ -119,6 +125,8 @@ def main(argv):
       'mfu': round(flops / step_s / peak, 4),
       'peak_memory_gib': None if memory is None else round(memory / 2**30, 2),
   }
+  if FLAGS.profile_dir:  # thread-time: instructions run concurrently on the CPU's threads
+    result['profile_ms_per_step_by_category'] = profile
   print(json.dumps(result, indent=1))
   if FLAGS.out:
     with open(FLAGS.out, 'w') as f:

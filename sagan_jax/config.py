@@ -68,7 +68,7 @@ def default_config() -> ml_collections.ConfigDict:
   #   for the embedded dataset, Inception otherwise
   c.eval_intra_class = ''  # also intra-class FID of these classes: '3,5,7' or 'all'; '': no
   c.reference_dir = ''  # cached reference statistics; '': WORKDIR/reference_stats. One
-  #   directory can serve many runs: fill it once with python -m sagan_jax.evaluation
+  #   directory can serve many runs: fill it once with main.py --mode=reference
   c.inception_weights = ''  # the .npz of python -m sagan_jax.convert_inception
   c.classifier_weights = ''  # '': the shipped weights (sagan_jax/assets)
   # Logging and samples

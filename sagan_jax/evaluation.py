@@ -10,15 +10,15 @@ import zlib
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, options, sampling,
+from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, sampling,
                        shapes_dataset)
 from sagan_jax.config import ConfigError, class_indices
-from sagan_jax.mesh import global_array, make_mesh
+from sagan_jax.mesh import global_array
 from sagan_jax.preprocessing import preprocess
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
@@ -342,30 +342,3 @@ class Evaluator:
       out.update({f'eval/{name}/{k}': v for k, v in result.items()
                   if k != 'num_samples' and not isinstance(v, dict)})
     return out
-
-
-def main(argv):
-  """Fills config.reference_dir with the statistics that runs of this config
-  will read: overall ones for --eval_samples, and per class with --intra_class."""
-  del argv
-  from sagan_jax.config import validate
-  f = flags.FLAGS
-  config = f.config
-  if not config.reference_dir:
-    raise app.UsageError('set --config.reference_dir=DIR, the directory runs will read it from')
-  validate(config, jax.device_count(), jax.process_count())
-  mesh = make_mesh()
-  extractor = make_extractor(config, mesh, f.features, f.inception_weights,
-                             f.classifier_weights)
-  references(config, extractor, f.eval_samples, config.reference_dir, f.intra_class)
-  print(f'Reference statistics in {config.reference_dir}: '
-        f'{", ".join(sorted(p.name for p in epath.Path(config.reference_dir).iterdir()))}')
-
-
-if __name__ == '__main__':  # flags only here: other modules import this one
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'The training config (dataset, image size).')
-  options.define_flags(('eval_samples', 'intra_class', 'features', 'inception_weights',
-                        'classifier_weights'))
-  flags.mark_flags_as_required(['config'])
-  app.run(main)

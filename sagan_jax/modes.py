@@ -1,6 +1,7 @@
-"""main.py's sample, interpolate, attention and eval modes, on a checkpoint.
+"""main.py's sample, interpolate, attention and eval modes, on a checkpoint, and
+its reference mode, on a config.
 
-Every mode loads only G (EMA or raw weights) from WORKDIR/checkpoints onto the
+Every checkpoint mode loads only G (EMA or raw weights) from WORKDIR/checkpoints onto the
 current devices, takes its config from the checkpoint, and writes into --out
 (default WORKDIR/<mode>). The same options and seed give the same files.
 """
@@ -246,6 +247,28 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   out.write_text(json.dumps(result, indent=1))
   print(json.dumps(result))
   return [str(out)]
+
+
+def reference(config, workdir: str, options: Options) -> list[str]:
+  """Fills the reference directory that runs of `config` read (config.reference_dir,
+  else WORKDIR/reference_stats) with the statistics of eval_samples train images,
+  and per class with intra_class, ahead of the runs. On every process of a pod at
+  once, like the other modes: the features are computed on all devices."""
+  from sagan_jax import evaluation
+  from sagan_jax.config import validate
+  validate(config, jax.device_count(), jax.process_count())
+  try:
+    extractor = evaluation.make_extractor(config, make_mesh(), options.features,
+                                          options.inception_weights, options.classifier_weights)
+  except FileNotFoundError as e:
+    raise ModeError(str(e)) from None
+  directory = evaluation.reference_dir(config, workdir)
+  try:
+    evaluation.references(config, extractor, options.eval_samples, directory,
+                          options.intra_class)
+  except ValueError as e:
+    raise ModeError(f'--intra_class={options.intra_class!r}: {e}') from None
+  return sorted(str(p) for p in epath.Path(directory).iterdir())
 
 
 RUN = {'sample': sample, 'interpolate': interpolate, 'attention': attention, 'eval': evaluate}

@@ -1,6 +1,6 @@
-"""The options of main.py's sample, interpolate, attention and eval modes: each named,
-typed, defaulted and explained once, here. main.py (and `python -m sagan_jax.evaluation`)
-define their command-line flags from these fields; the modes take an `Options`.
+"""The options of main.py's sample, interpolate, attention, eval and reference modes:
+each named, typed, defaulted and explained once, here. main.py defines its command-line
+flags from these fields; the modes take an `Options`.
 A leaf module: flags are parsed before anything heavy is imported."""
 import dataclasses
 
@@ -31,8 +31,8 @@ class Options:
                        'labels.', ('png', 'npz'))
   strip_images: int = option(8, 'interpolate: images per strip.')
   queries: str = option('', "attention: query pixels 'y,x;y,x' (default: four).")
-  eval_samples: int = option(50_000, 'eval: samples to evaluate (and real images in the '
-                             'reference statistics).')
+  eval_samples: int = option(50_000, 'eval: samples to evaluate; eval and reference: real '
+                             'images in the reference statistics.')
   features: str = option('', "eval: Inception-v3 (FID, IS, KID) or the embedded dataset's "
                          'classifier (default for it).', ('', 'inception', 'classifier'))
   inception_weights: str = option('', 'eval: the .npz python -m sagan_jax.convert_inception '
@@ -45,6 +45,9 @@ class Options:
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(Options))
+# The options of the reference mode (reference statistics of a config's dataset).
+REFERENCE = ('eval_samples', 'intra_class', 'features', 'inception_weights',
+             'classifier_weights')
 
 
 def define_flags(names=NAMES) -> None:

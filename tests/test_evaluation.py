@@ -96,9 +96,10 @@ def test_reference_command_fills_the_directory_runs_read(tfds_dir, classifier_we
   import sys
   from tiny_config import ROOT, shapes_config
   shared = tmp_path / 'shared'
-  subprocess.run([sys.executable, '-m', 'sagan_jax.evaluation', '--config=tests/tiny_config.py',
-                  f'--config.data_dir={tfds_dir}', f'--config.reference_dir={shared}',
-                  '--eval_samples=500', '--intra_class=2', f'--classifier_weights={classifier_weights}'],
+  subprocess.run([sys.executable, 'main.py', '--mode=reference', '--config=tests/tiny_config.py',
+                  f'--workdir={tmp_path / "run"}', f'--config.data_dir={tfds_dir}',
+                  f'--config.reference_dir={shared}', '--eval_samples=500', '--intra_class=2',
+                  f'--classifier_weights={classifier_weights}'],
                  cwd=ROOT, check=True, capture_output=True, env=single_device_env())
   assert sorted(os.listdir(shared)) == ['sagan_shapes_32_classifier_train_500.npz',
                                         'sagan_shapes_32_classifier_train_classes_2.npz']

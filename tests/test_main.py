@@ -67,7 +67,8 @@ def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
   quick, wd = '--config=configs/quickstart.py', f'--workdir={tmp_path}'
   cases = {  # arguments: what the line must say
       ('--mdoe=sample', wd): "Unknown command line flag 'mdoe'. Did you mean: mode",
-      ('--mode=smaple', wd): 'value should be one of <train|sample|interpolate|attention|eval>',
+      ('--mode=smaple', wd):
+          'value should be one of <train|sample|interpolate|attention|eval|reference>',
       (quick,): '--workdir is required',
       (quick, wd, '--config.ch=abc'): "flag --config.ch=abc: invalid literal for int()",
       (quick, wd, '--config.chh=4'): "config.chh is not a known field; did you mean 'ch'?",
@@ -78,6 +79,10 @@ def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
       ('--mode=sample', wd, '--config.ch=4'): 'modes read the config from the checkpoint',
       ('--mode=sample', wd, quick): 'leave out --config and --config.FIELD',
       ('--mode=sample', wd): f'no checkpoint in {tmp_path}',
+      ('--mode=reference', wd): '--mode=reference needs the --config of the runs',
+      ('--mode=reference', wd, quick, '--queries=1,1'):
+          '--mode=reference takes --eval_samples, --intra_class, --features, '
+          '--inception_weights, --classifier_weights, not --queries',
       # One of several processes (here as SLURM starts them) without a distributed client.
       (quick, wd, 'SLURM_NTASKS=2'): 'this process is one of 2 (SLURM_NTASKS=2) but would run '
                                      'alone: add --distributed',

@@ -1,6 +1,6 @@
 """main.py itself as a local multi-process cluster (jax.distributed on localhost, 2
 processes x 2 CPU devices), as on a TPU pod: training with evaluation, every mode
-equal to the same run on one process, preemption, a lost process, and a resume on
+(and the reference statistics) equal to the same run on one process, preemption, a lost process, and a resume on
 another process count."""
 import json
 import os
@@ -94,18 +94,26 @@ def files(directory) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_every_mode_on_two_processes_equals_one_process(pod_run, tmp_path):
+def test_every_mode_on_two_processes_equals_one_process(pod_run, tfds_dir, tmp_path):
   workdir, _ = pod_run
-  for mode, flags in MODES.items():
+  reference = lambda out: ['--mode=reference', *train_flags(workdir, tfds_dir),
+                           f'--config.reference_dir={out}', '--eval_samples=40',
+                           '--intra_class=1,2']
+  for mode in [*MODES, 'reference']:
     pod, single = tmp_path / mode / 'pod', tmp_path / mode / 'single'
-    runs = start_main(2, 2, *flags, f'--workdir={workdir}', f'--out={pod}')
-    runs += start_main(1, 4, *flags, f'--workdir={workdir}', f'--out={single}')
+    flags = lambda out: (reference(out) if mode == 'reference' else
+                         [*MODES[mode], f'--workdir={workdir}', f'--out={out}'])
+    runs = start_main(2, 2, *flags(pod)) + start_main(1, 4, *flags(single))
     for code, _, err in finish(runs):
       assert code == 0, (mode, err[-3000:])
     a, b = files(pod), files(single)
     assert a.keys() == b.keys() and a, mode
     for name in a:
-      if name.endswith('.json'):  # metrics: equal to float tolerance (not the timings)
+      if name.endswith('.npz') and mode == 'reference':  # features and their statistics
+        with np.load(pod / name) as x, np.load(single / name) as y:
+          for key in x:
+            np.testing.assert_allclose(x[key], y[key], rtol=1e-4, atol=1e-5, err_msg=name)
+      elif name.endswith('.json'):  # metrics: equal to float tolerance (not the timings)
         x, y = json.loads(a[name]), json.loads(b[name])
         for key in x:
           if isinstance(x[key], float) and 'per_s' not in key and key != 'seconds':
