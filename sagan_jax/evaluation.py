@@ -48,6 +48,8 @@ class Extractor:
                           out_shardings=replicated)
 
   def __call__(self, images: np.ndarray, batch_size: int = 256):
+    # Fewer images than a batch: a smaller batch (compiled once more), not padding.
+    batch_size = max(min(batch_size, len(images)), 1)
     batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
     features, logits = [], []
     for start in range(0, len(images), batch_size):

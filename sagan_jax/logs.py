@@ -24,14 +24,17 @@ class _ProjectLines(python_logging.Filter):
             os.path.abspath(record.pathname).startswith(PROJECT_SOURCES))
 
 
-def quiet_console() -> None:
+def quiet_console(tensorflow: bool = True) -> None:
   """Keeps Orbax's, JAX's and TensorFlow's INFO and WARNING chatter off the
   console (call before TensorFlow is imported): what is left is progress,
-  saves, evaluations, this project's warnings and every library's errors."""
+  saves, evaluations, this project's warnings and every library's errors.
+  tensorflow=False: for a program that does not use it (nor TFDS)."""
   from absl import logging
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO and WARNING
   # ABSLHandler hands records to its python_handler without applying its own filters.
   logging.get_absl_handler().python_handler.addFilter(_ProjectLines())
+  if not tensorflow:
+    return
   # TensorFlow 2.21 prints notices from C++ while it is imported, before any log
   # setting applies: import it with the stderr file descriptor captured, and
   # replay what was captured if the import fails.

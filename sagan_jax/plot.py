@@ -148,6 +148,9 @@ def _save(fig, path) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
+  if not f.verbose:
+    from sagan_jax import logs
+    logs.quiet_console(tensorflow=False)
   out = epath.Path(f.out or epath.Path(f.workdir) / 'plots')
   out.mkdir(parents=True, exist_ok=True)
   plot_curves(read_metrics(f.workdir), out / 'curves.png')
@@ -166,5 +169,6 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_grids', 5, 'Sample grids in samples.png.')
   flags.DEFINE_string('classes', '0,2,6,9', 'Classes of the attention samples.')
   flags.DEFINE_integer('seed', 0, 'Noise of the attention samples.')
+  flags.DEFINE_bool('verbose', False, "Also the libraries' INFO and WARNING lines (Orbax).")
   flags.mark_flags_as_required(['workdir'])
   app.run(main)
