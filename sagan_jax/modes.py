@@ -136,8 +136,9 @@ def export(s: Sampler, classes: list[int], options: Options, out: epath.Path) ->
     logging.info(progress.line(start + count))
   if options.format == 'npz':
     path = out / f'samples_{options.generator}_{s.step:07d}.npz'
-    with path.open('wb') as f:
-      np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
+    if jax.process_index() == 0:  # every process has the images; one writes them
+      with path.open('wb') as f:
+        np.savez(f, images=np.concatenate(images), labels=np.concatenate(labels))
     return str(path)
   return str(out / 'samples')
 
@@ -244,8 +245,9 @@ def evaluate(workdir: str, options: Options) -> list[str]:
                                options.sample_batch_size, options.seed, class_ref, classes)
   result = {'step': s.step, 'generator': options.generator, 'features': kind, **result}
   out = _out_dir(workdir, 'eval', options) / f'{kind}_{options.generator}_{s.step:07d}.json'
-  out.write_text(json.dumps(result, indent=1))
-  print(json.dumps(result))
+  if jax.process_index() == 0:  # every process has the metrics; one writes them
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
   return [str(out)]
 
 
@@ -268,6 +270,8 @@ def reference(config, workdir: str, options: Options) -> list[str]:
                           options.intra_class)
   except ValueError as e:
     raise ModeError(f'--intra_class={options.intra_class!r}: {e}') from None
+  if jax.process_index() != 0:  # process 0 writes the files (maybe not yet when this one ends)
+    return []
   return sorted(str(p) for p in epath.Path(directory).iterdir())
 
 

@@ -52,7 +52,10 @@ def make_grid(images: np.ndarray, rows: int) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path, scale: int = 1) -> None:
-  """Writes uint8 [H, W, 3] as PNG (local or gs:// path), enlarged `scale` times."""
+  """Writes uint8 [H, W, 3] as PNG (local or gs:// path), enlarged `scale` times; on
+  a pod, where every process has the image, process 0 writes it."""
+  if jax.process_index() != 0:
+    return
   image = Image.fromarray(image)
   if scale > 1:
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

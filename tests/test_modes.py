@@ -47,6 +47,18 @@ def test_sample_mode_grid_export_and_determinism(runs, tmp_path):
     assert not np.array_equal(np.load(other)['images'], export['images']), name
 
 
+def test_only_process_0_of_a_pod_writes_a_modes_files(runs, tmp_path, monkeypatch):
+  """Every process of a pod computes the same images; one writes them (on GCS, concurrent
+  writers of one object would each upload it)."""
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  for fmt in ('png', 'npz'):
+    modes.sample(runs[1], modes.Options(classes='1', per_class=2, export_samples=2,
+                                        format=fmt, out=str(tmp_path / fmt)))
+  modes.evaluate(runs[1], modes.Options(eval_samples=20, out=str(tmp_path / 'eval')))
+  written = [os.path.join(d, f) for d, _, files in os.walk(tmp_path) for f in files]
+  assert written == [], written
+
+
 def test_truncation_redraws_large_values():
   z = sampling.latents(jax.random.PRNGKey(0), 4000, 8, truncation=0.5)
   assert float(jnp.abs(z).max()) <= 0.5
