@@ -115,6 +115,7 @@ def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute,
   if path.exists():
     with path.open('rb') as f, np.load(f, allow_pickle=False) as arrays:
       if all(k in arrays for k in keys):
+        logging.info('Reference statistics of %s (cached): %s', config.dataset, path)
         return dict(arrays)
   stats = compute()
   if jax.process_index() == 0:  # every process computes them; one writes

@@ -270,9 +270,7 @@ def reference(config, workdir: str, options: Options) -> list[str]:
                           options.intra_class)
   except ValueError as e:
     raise ModeError(f'--intra_class={options.intra_class!r}: {e}') from None
-  if jax.process_index() != 0:  # process 0 writes the files (maybe not yet when this one ends)
-    return []
-  return sorted(str(p) for p in epath.Path(directory).iterdir())
+  return [directory]  # each file is logged as it is read or written (by process 0)
 
 
 RUN = {'sample': sample, 'interpolate': interpolate, 'attention': attention, 'eval': evaluate}

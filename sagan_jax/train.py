@@ -365,9 +365,8 @@ class Loop:
     for name in ('raw', 'ema'):
       images = self.images(generator_variables(self.state, ema=name == 'ema'),
                            *self.grid_latents)
-      if self.is_main:
-        grids[f'samples/{name}'] = sampling.save_grid(images, rows,
-                                                      self.sample_dir / f'{step:07d}_{name}.png')
+      grids[f'samples/{name}'] = sampling.save_grid(  # written by process 0 alone
+          images, rows, self.sample_dir / f'{step:07d}_{name}.png')
     self.writer.images(step, grids)
 
   def evaluate(self, step: int):
