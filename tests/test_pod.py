@@ -1,7 +1,7 @@
 """main.py itself as a local multi-process cluster (jax.distributed on localhost, 2
 processes x 2 CPU devices), as on a TPU pod: training with evaluation, every mode
-(and the reference statistics) equal to the same run on one process, preemption, a lost process, and a resume on
-another process count."""
+(and the reference statistics) equal to the same run on one process, preemption, a
+lost process, and a resume on another process count."""
 import json
 import os
 import signal
