@@ -6,6 +6,7 @@ current devices, takes its config from the checkpoint, and writes into --out
 (default WORKDIR/<mode>). The same options and seed give the same files.
 """
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, logs, sampling
-from sagan_jax.config import class_indices
+from sagan_jax.config import class_indices, validate
 from sagan_jax.models import make_models
 from sagan_jax.mesh import make_mesh
 from sagan_jax.options import Options
@@ -221,8 +222,7 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   """FID, IS, KID (and, with the classifier, class accuracy) of eval_samples
   (default 50,000) samples against the dataset's train split; prints them and
   writes them as JSON."""
-  import json
-  from sagan_jax import evaluation
+  from sagan_jax import evaluation  # here: it loads TensorFlow, which the other modes do not need
   s = Sampler(workdir, options)
   config = s.config
   try:
@@ -256,8 +256,7 @@ def reference(config, workdir: str, options: Options) -> list[str]:
   else WORKDIR/reference_stats) with the statistics of eval_samples train images,
   and per class with intra_class, ahead of the runs. On every process of a pod at
   once, like the other modes: the features are computed on all devices."""
-  from sagan_jax import evaluation
-  from sagan_jax.config import validate
+  from sagan_jax import evaluation  # loads TensorFlow (see evaluate)
   validate(config, jax.device_count(), jax.process_count())
   try:
     extractor = evaluation.make_extractor(config, make_mesh(), options.features,
