@@ -4,14 +4,13 @@ position and the config, written asynchronously; restored onto any mesh.
 workdir/checkpoints/<step>/ holds three items:
   state   the TrainState (both nets, spectral and BN state, both Adam states,
           EMA, step, RNG key, non-finite counters), replicated arrays;
-  data    one tf.data iterator position per process (data/process_<i>*);
+  data    the data position, a few integers as JSON (the global stream's
+          elements consumed: the same on every process);
   meta    {'config': ..., 'num_processes': ...} as JSON.
 Orbax writes a step into a temporary directory and renames it when every item
 is complete, so a process killed mid-write leaves the earlier steps loadable.
 """
-import dataclasses
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ from sagan_jax.train_state import DISCRIMINATOR_FIELDS, generator_fields
 # Fields a run cannot change and still be the same run: they fix the shapes of
 # the state, or the data stream whose position is restored.
 FIXED_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution', 'attention',
-                'dataset', 'batch_size', 'num_d_steps', 'shuffle_buffer', 'random_flip', 'seed')
+                'dataset', 'random_flip', 'seed')
 
 
 class CheckpointError(ValueError):
@@ -39,39 +38,6 @@ class CheckpointError(ValueError):
 def checkpoint_dir(workdir: str, best: bool = False) -> epath.Path:
   """workdir/checkpoints (the latest ones), or workdir/checkpoints_best."""
   return epath.Path(workdir) / ('checkpoints_best' if best else 'checkpoints')
-
-
-# The data position: tf.data saves its own iterators, one per process.
-
-class DataPositionHandler(ocp.CheckpointHandler):
-  """Saves/restores this process's TrainIterator under <item>/process_<index>."""
-
-  def _prefix(self, directory: epath.Path) -> str:
-    return os.fspath(directory / f'process_{jax.process_index()}')
-
-  def save(self, directory: epath.Path, args: 'DataPositionSave'):
-    if args.iterator.save(self._prefix(directory)) is None:  # not serialisable: say so
-      epath.Path(self._prefix(directory) + '.unsaved').write_text('see the training log')
-
-  def restore(self, directory: epath.Path, args: 'DataPositionRestore'):
-    if epath.Path(self._prefix(directory) + '.unsaved').exists():
-      logging.warning('This checkpoint has no data position (the pipeline could not be '
-                      'serialised): the data stream starts again from its beginning.')
-    else:
-      args.iterator.restore(self._prefix(directory))
-    return args.iterator
-
-
-@ocp.args.register_with_handler(DataPositionHandler, for_save=True)
-@dataclasses.dataclass
-class DataPositionSave(ocp.args.CheckpointArgs):
-  iterator: Any
-
-
-@ocp.args.register_with_handler(DataPositionHandler, for_restore=True)
-@dataclasses.dataclass
-class DataPositionRestore(ocp.args.CheckpointArgs):
-  iterator: Any
 
 
 # Writing
@@ -108,7 +74,7 @@ def save(manager: ocp.CheckpointManager, state, data, config, metrics=None) -> b
   meta = {'config': config.to_dict(), 'num_processes': jax.process_count()}
   logging.info('Saving the checkpoint of step %d in %s', step, manager.directory)
   return manager.save(step, force=True, metrics=metrics, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=DataPositionSave(data),
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data.position()),
       meta=ocp.args.JsonSave(meta)))
 
 
@@ -166,14 +132,17 @@ def restore_for_training(manager, config, abstract_state, data):
     raise CheckpointError(
         f'the checkpoint of step {step} in {manager.directory} is of a different run; '
         f'differing fields: {"; ".join(fixed)}. Use the checkpoint\'s values or a new --workdir')
-  # tf.data positions are per process: on another process count the data stream
-  # starts again (the model state is the same on any count).
-  items = {'data': DataPositionRestore(data)}
-  if meta['num_processes'] != jax.process_count():
-    items = {}
-    logging.warning('The checkpoint of step %d was written by %d processes and this run has '
-                    '%d: the model state is restored, and the data stream starts again from '
-                    'its beginning.', step, meta['num_processes'], jax.process_count())
+  items = {}
+  if (manager.directory / str(step) / 'data' / 'process_0.index').exists():
+    # tf.data's per-process positions, from before the index-based input: continue the
+    # new stream where this many steps of its batches end.
+    saved = meta['config']
+    data.restore({'consumed': step * saved['batch_size'] * saved['num_d_steps'],
+                  'seed': config.seed, 'examples': len(data.source)})
+    logging.warning('The checkpoint of step %d holds a data position of the former tf.data '
+                    'input; the data stream goes on from step %d of the new one.', step, step)
+  else:
+    items = {'data': ocp.args.JsonRestore()}
   changed = differences(meta['config'], config, sorted(set(config.keys()) - set(FIXED_FIELDS)))
   if changed:
     logging.warning('Resuming step %d with changed fields: %s', step, '; '.join(changed))
@@ -181,6 +150,8 @@ def restore_for_training(manager, config, abstract_state, data):
   if 'ema_batch_stats' in fields:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), **items))
+    if items:
+      data.restore(restored.data)
     return restored.state
   # Written before the EMA G had BN statistics of its own: start them from the
   # raw G's (the loop measures them from the EMA weights before any use).
@@ -191,8 +162,11 @@ def restore_for_training(manager, config, abstract_state, data):
   restored = reader.restore(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
           wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(wanted)),
-      **items)).state
+      **items))
   reader.close()
+  if items:
+    data.restore(restored.data)
+  restored = restored.state
   logging.warning('The checkpoint of step %d predates the EMA generator\'s own batch-norm '
                   'statistics; they are measured from its weights before their first use.', step)
   # A copy: the train step donates the state, and one buffer must not be donated twice.

@@ -23,7 +23,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data_dir = ''  # TFDS data dir; '' = TFDS's default (~/tensorflow_datasets)
   c.image_size = 32  # one of ARCHITECTURES: 32, 64, 128, 256
   c.num_classes = 10
-  c.shuffle_buffer = 10_000  # examples in tf.data's shuffle buffer
+  c.data_workers = -1  # Grain processes that decode; -1: none on the CPU backend (its
+  #   cores run the model), half the host's cores (at most 32) with an accelerator
   c.random_flip = False  # random horizontal flips (the paper uses none)
   # Model
   c.ch = 64  # base width; block widths are multiples of it
@@ -140,13 +141,14 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
            f'a width that makes the attention widths {widths} multiples of 8 (try a multiple of 8)')
   for field in ('num_classes', 'z_dim', 'num_d_steps', 'sn_power_iterations', 'num_train_steps',
                 'log_every_steps', 'sample_every_steps', 'sample_classes', 'samples_per_class',
-                'shuffle_buffer', 'checkpoint_every_steps', 'checkpoints_to_keep',
+                'checkpoint_every_steps', 'checkpoints_to_keep',
                 'max_nonfinite_steps', 'ema_bn_batches'):
     _check(c[field] >= 1, field, c[field], 'a positive integer')
   for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps'):
     _check(c[field] > 0, field, c[field], 'a positive number')
   for field in ('adam_b1', 'adam_b2', 'ema_decay', 'bn_momentum'):
     _check(0 <= c[field] < 1, field, c[field], 'a number in [0, 1)')
+  _check(c.data_workers >= -1, 'data_workers', c.data_workers, '-1 (automatic) or a count >= 0')
   _check(c.ema_start_step >= 0, 'ema_start_step', c.ema_start_step, 'an integer >= 0')
   _check(c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps, 'an integer >= 0')
   _check(c.eval_num_samples >= 2, 'eval_num_samples', c.eval_num_samples, 'an integer >= 2')

@@ -1,8 +1,20 @@
-"""TFDS -> tf.data -> numpy uint8 batches for the train step.
+"""TFDS ArrayRecord -> Grain -> numpy uint8 batches for the train step.
+
+Training reads examples by index (`tfds` random-access data sources over the
+ArrayRecord files TFDS writes), so the data position is a count:
+
+- The global stream is endless: its element k is example perm_e(k mod N) of
+  epoch e = k // N, where perm_e is Grain's shuffle of the N indices of the
+  split, seeded by config.seed and e. An epoch may end inside a batch.
+- Global batch j is elements [j*B, (j+1)*B) of the stream, B = config.batch_size;
+  each process decodes only the rows of it that its devices hold.
+- The position saved with every checkpoint is the number of stream elements
+  consumed, so a resume continues the same global batches on any number of
+  processes and devices.
 
 Images stay uint8 on the host; the train step scales them to [-1, 1] on the
 device. Each batch holds one real batch per D step:
-{'image': uint8 [num_d_steps, B, S, S, 3], 'label': int32 [num_d_steps, B]}.
+{'image': uint8 [num_d_steps, B_process, S, S, 3], 'label': int32 [num_d_steps, B_process]}.
 Datasets without labels (CelebA, LSUN) train unconditionally: every label is 0.
 
 config.dataset is a TFDS name (decoded and resized while training),
@@ -11,24 +23,24 @@ config.image_size), or 'folder:ROOT' (ROOT/<class>/<image>, prepared into the
 TFDS data dir on first use).
 """
 import os
+import sys
 
 os.environ.setdefault('NO_GCE_CHECK', 'true')  # no GCE metadata probe when offline
 
+import grain
 import jax
-import tensorflow as tf
-from absl import logging
+import numpy as np
+from absl import flags, logging
 from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import tensorflow_datasets as tfds
 
 from sagan_jax import resized_dataset
 from sagan_jax.preprocessing import preprocess
 from sagan_jax import shapes_dataset  # registers the embedded TFDS builder
 
-try:  # TensorFlow only reads data: the accelerators are JAX's
-  tf.config.experimental.set_visible_devices([], 'GPU')
-except RuntimeError:  # TF was initialised already by the importer, who chose
-  pass
-
+ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
 EMBEDDED = shapes_dataset.SaganShapes.name  # 'sagan_shapes'
 MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
 
@@ -45,8 +57,9 @@ def _how_to_prepare(config) -> str:
   name, data_dir = config.dataset, _data_dir(config)
   if name.split('/')[0] in MANUAL_FILES:
     return (f'put {MANUAL_FILES[name]} in {data_dir}/downloads/manual/ and run once: '
-            f'tfds build {name} --data_dir={data_dir}')
-  return f'run once, on a machine with network access: tfds build {name} --data_dir={data_dir}'
+            f'tfds build {name} --file_format=array_record --data_dir={data_dir}')
+  return (f'run once, on a machine with network access: tfds build {name} '
+          f'--file_format=array_record --data_dir={data_dir}')
 
 
 RESIZED = 'resized:'
@@ -65,14 +78,29 @@ def _builder(config) -> tfds.core.DatasetBuilder:
   if name.startswith(RESIZED):
     builder = resized_dataset.builder(name[len(RESIZED):], config.image_size, data_dir)
     if not builder.is_prepared():
-      raise DataError(f'no {config.image_size}px copy of {name[len(RESIZED):]} in {data_dir}: '
-                      f'run once: python -m sagan_jax.prepare --dataset={name[len(RESIZED):]} '
-                      f'--image_size={config.image_size} --data_dir={data_dir}')
+      versions = epath.Path(builder.data_dir).parent
+      older = sorted(v.name for v in versions.iterdir()) if versions.exists() else []
+      found = (f' (the copy there is of version {", ".join(older)}, written before the input '
+               f'read ArrayRecord files; this program reads version {builder.version})'
+               if older else '')
+      raise DataError(f'no {config.image_size}px copy of {name[len(RESIZED):]} in {data_dir}'
+                      f'{found}: run once: python -m sagan_jax.prepare '
+                      f'--dataset={name[len(RESIZED):]} --image_size={config.image_size} '
+                      f'--data_dir={data_dir}')
+    return builder
+  if name == EMBEDDED:
+    builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=ARRAY_RECORD)
+    _prepare(builder, f'{name} (about 10 s)',
+             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
   builder = tfds.builder(name, data_dir=config.data_dir or None, try_gcs=False)
-  if name == EMBEDDED:
-    _prepare(builder, f'{name} (about 5 s)',
-             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  if builder.is_prepared() and builder.info.file_format != ARRAY_RECORD:
+    raise DataError(
+        f'{name} in {data_dir} is in {builder.info.file_format.value} files, and training '
+        f'reads ArrayRecord files by index: write a copy once with python -m sagan_jax.prepare '
+        f'--dataset={name} --image_size={config.image_size} --data_dir={data_dir} and train '
+        f'with --config.dataset=resized:{name} (it also spares decoding full-size images), or '
+        f'rebuild it with tfds build {name} --file_format=array_record --data_dir={data_dir}')
   return builder
 
 
@@ -106,53 +134,150 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def process_split(split: str) -> str:
-  """This process's disjoint part of `split` (all of it in a single-process run)."""
-  return tfds.split_for_jax_process(split) if jax.process_count() > 1 else split
+def data_source(config, split: str):
+  """Random access to the split's examples, {'image': bytes of an encoded image (or an
+  array of raw pixels), 'label': ...}: the caller decodes the images
+  (preprocessing.preprocess), where that runs in parallel."""
+  builder = get_builder(config)
+  try:
+    return builder.as_data_source(split=split,
+                                  decoders=resized_dataset.encoded_images(builder))
+  except (NotImplementedError, AssertionError, FileNotFoundError):  # not prepared
+    raise DataError(f'{config.dataset} is not prepared in {_data_dir(config)}: '
+                    f'{_how_to_prepare(config)}') from None
+
+
+class _Examples(grain.MapDataset):
+  """The decoded global stream: element k is example `indices[k]` (the shuffled,
+  repeated example indices) read from `source` and preprocessed, flipped left-right
+  (config.random_flip) by a coin seeded with the seed, the epoch and the example's
+  index. An undecodable record is replaced by the stream's next one and logged."""
+
+  def __init__(self, indices: grain.MapDataset, source, config):
+    super().__init__(indices)
+    self._source, self._size, self._seed = source, config.image_size, config.seed
+    self._flip, self._n = config.random_flip, len(source)
+    self._skipped = 0
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __getitem__(self, k):
+    if isinstance(k, slice):
+      return self.slice(k)
+    for offset in range(100):
+      index = int(self._parent[k + offset])
+      try:
+        example = preprocess(self._source[index], self._size)
+        break
+      except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
+        self._skipped += 1
+        logging.warning('Skipped the undecodable example %d of the dataset (%s: %s): %d '
+                        'skipped so far by this process.', index, type(e).__name__, e,
+                        self._skipped)
+    else:
+      raise DataError(f'100 examples in a row from stream position {k} do not decode')
+    epoch = (k + offset) // self._n
+    if self._flip and np.random.default_rng([self._seed, epoch, index]).random() < 0.5:
+      example['image'] = np.ascontiguousarray(example['image'][:, ::-1])
+    return example
+
+
+class _ProcessRows(grain.MapDataset):
+  """This process's part of every global batch from stream element `start` on:
+  element i is row rows[i % len(rows)] of global batch i // len(rows)."""
+
+  def __init__(self, stream: grain.MapDataset, start: int, global_batch: int, rows):
+    super().__init__(stream)
+    self._start, self._global_batch, self._rows = start, global_batch, list(rows)
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return self.slice(i)
+    j, r = divmod(i, len(self._rows))
+    return self._parent[self._start + j * self._global_batch + self._rows[r]]
+
+
+def process_rows(mesh, global_batch: int) -> list[int]:
+  """The rows of a global batch that this process's devices hold (split over 'data')."""
+  sharding = NamedSharding(mesh, P('data'))
+  rows = set()
+  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+    rows.update(range(global_batch)[index[0]])
+  return sorted(rows)
+
+
+def data_workers(config) -> int:
+  """Grain's decoding processes: config.data_workers, or for -1 none on the CPU
+  backend (its cores run the model) and half the host's cores (at most 32) with an
+  accelerator."""
+  if config.data_workers >= 0:
+    return config.data_workers
+  return 0 if jax.default_backend() == 'cpu' else min((os.cpu_count() or 2) // 2, 32)
 
 
 class TrainIterator:
-  """Endless numpy batches whose position can be saved and restored exactly."""
+  """This process's rows of every global batch, as numpy. position() is three
+  integers (stream elements consumed, and the seed and dataset size to check them
+  against); restore() continues the same global batches on any process count."""
 
-  def __init__(self, dataset: tf.data.Dataset):
-    self._iterator = iter(dataset)
-    self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+  def __init__(self, config, source, rows):
+    self.config, self.source, self.rows = config, source, rows
+    self.consumed = 0  # elements of the global stream in the batches returned so far
+    self._iterator = None  # opened at the first batch, from `consumed`
+
+  def _open(self):
+    c = self.config
+    indices = grain.MapDataset.range(len(self.source)).seed(c.seed).shuffle().repeat()
+    rows = _ProcessRows(_Examples(indices, self.source, c), self.consumed, c.batch_size,
+                        self.rows)
+    batches = rows.batch(len(self.rows)).batch(c.num_d_steps)
+    ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+    self._workers = data_workers(c)
+    if self._workers:
+      if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults here)
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+    self._iterator = iter(ds)
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return jax.tree.map(lambda t: t.numpy(), next(self._iterator))
+    if self._iterator is None:
+      self._open()
+    batch = next(self._iterator)
+    if self._workers:  # out of Grain's shared memory, which it frees once unreferenced
+      batch = {k: np.array(v) for k, v in batch.items()}
+    self.consumed += self.config.batch_size * self.config.num_d_steps
+    return batch
 
-  def save(self, path: str) -> str | None:
-    """Writes the position (with the shuffle buffer) under the prefix `path`.
-    None if tf.data cannot serialise this pipeline (one with Python functions
-    in it, e.g. under tfds.testing.mock_data)."""
-    try:
-      return self._checkpoint.write(path)
-    except tf.errors.FailedPreconditionError as e:
-      logging.warning('The data position cannot be saved (%s); a resumed run restarts the '
-                      'data stream.', e.message.strip().splitlines()[-1])
-      return None
+  def position(self) -> dict:
+    return {'consumed': self.consumed, 'seed': self.config.seed, 'examples': len(self.source)}
 
-  def restore(self, path: str) -> None:
-    self._checkpoint.read(path).assert_consumed()
+  def restore(self, position: dict) -> None:
+    saved = (position['seed'], position['examples'])
+    if saved != (self.config.seed, len(self.source)):
+      raise DataError(f'the checkpoint\'s data position is in the stream of seed {saved[0]} '
+                      f'over {saved[1]} examples; this run\'s has seed {self.config.seed} over '
+                      f'{len(self.source)}, another dataset: use a new --workdir')
+    self.close()
+    self.consumed = position['consumed']
+
+  def close(self):
+    if self._iterator is not None and hasattr(self._iterator, 'close'):
+      self._iterator.close()
+    self._iterator = None
 
 
-def create_train_iterator(config, split: str = 'train') -> TrainIterator:
-  """This process's part of every global batch, in a fixed order for config.seed."""
-  builder = get_builder(config)
-  per_process = config.batch_size // jax.process_count()
-  try:
-    ds = builder.as_dataset(split=process_split(split), shuffle_files=True,
-                            read_config=tfds.ReadConfig(shuffle_seed=config.seed))
-  except AssertionError:  # tfds: "could not find data in DATA_DIR"
-    raise DataError(f'{config.dataset} is not prepared in {_data_dir(config)}: '
-                    f'{_how_to_prepare(config)}') from None
-  ds = ds.map(lambda ex: preprocess(ex, config.image_size), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.repeat().shuffle(config.shuffle_buffer, seed=config.seed)
-  if config.random_flip:  # stateless: the same flips for the same seed and position
-    ds = ds.enumerate().map(lambda i, ex: dict(ex, image=tf.image.stateless_random_flip_left_right(
-        ex['image'], tf.stack([tf.cast(config.seed, tf.int64), i]))))
-  ds = ds.batch(per_process, drop_remainder=True).batch(config.num_d_steps)
-  return TrainIterator(ds.prefetch(tf.data.AUTOTUNE))
+def create_train_iterator(config, mesh, split: str = 'train') -> TrainIterator:
+  """This process's rows of every global batch of the split's stream, from its start."""
+  source = data_source(config, split)
+  if len(source) < config.batch_size:
+    raise DataError(f'{config.dataset} has {len(source)} examples in its {split} split, fewer '
+                    f'than one batch (config.batch_size={config.batch_size}): lower '
+                    f'--config.batch_size or use a larger dataset')
+  return TrainIterator(config, source, process_rows(mesh, config.batch_size))

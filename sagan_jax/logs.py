@@ -87,6 +87,16 @@ class Progress:
     return f'{self.what} {done}/{self.total} | {extra}{rates} | {elapsed}, ETA {eta}'
 
 
+def tensorflow_off_accelerators() -> None:
+  """TensorFlow only writes TensorBoard summaries here: keep it off the GPUs (JAX's),
+  where it would reserve memory at its first operation."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TensorFlow was initialised already, by an importer who chose
+    pass
+
+
 class MetricWriter:
   """Scalars and images for TensorBoard (WORKDIR/tensorboard, through
   clu.metric_writers), the same scalars in WORKDIR/metrics.jsonl. Only the
@@ -101,6 +111,7 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True, resumed_from: int | None = None):
     self._summary = self._jsonl = None
     if enabled:
+      tensorflow_off_accelerators()
       from clu import metric_writers  # imports TensorFlow's summary ops
       logdir, jsonl = epath.Path(workdir) / 'tensorboard', epath.Path(workdir) / 'metrics.jsonl'
       if resumed_from is not None:

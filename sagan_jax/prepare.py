@@ -5,8 +5,11 @@
 
 Then train with --config.dataset=resized:imagenet2012 (or folder:/data/my_images)
 and the same --config.image_size and --config.data_dir. The source TFDS dataset
-must be prepared in DIR already (for imagenet2012: `tfds build imagenet2012
---data_dir=DIR` with the archives in DIR/downloads/manual/).
+must be prepared in DIR already, in ArrayRecord or in TFRecord files (for
+imagenet2012: `tfds build imagenet2012 --data_dir=DIR` with the archives in
+DIR/downloads/manual/): this also converts a TFRecord dataset for training. The
+copy is written in ArrayRecord files, its images decoded and resized by a process
+per core.
 """
 import os
 

@@ -71,8 +71,9 @@ def generate(num_examples: int, seed: int):
 class SaganShapes(tfds.core.GeneratorBasedBuilder):
   """TFDS builder of the embedded dataset; prepares locally in seconds."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '2.0.0': 'Prepared as ArrayRecord files, which training reads by index.'}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

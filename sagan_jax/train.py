@@ -234,8 +234,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains, resuming from the latest checkpoint in `workdir` if there is one;
   logs, and writes sample grids and checkpoints into `workdir`."""
   validate(config, jax.device_count(), jax.process_count())
-  data = input_pipeline.create_train_iterator(config)  # a missing dataset fails here, early
   mesh = make_mesh()
+  data = input_pipeline.create_train_iterator(config, mesh)  # a missing dataset fails here
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
   image_sampler = sampling.ImageSampler(generator, mesh)  # sample grids and evaluation
@@ -246,6 +246,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   try:
     return Loop(workdir, data, update, image_sampler, evaluator, manager, best).run()
   finally:  # a save in flight completes, whatever stopped the loop
+    data.close()
     for m in (manager, best):
       if m:
         m.wait_until_finished()

@@ -96,8 +96,11 @@ def test_restore_on_one_device_gives_the_same_samples(runs, tmp_path):
   np.testing.assert_allclose(np.load(tmp_path / 'one.npy'), on_eight, atol=1e-6)
 
 
-def test_a_checkpoint_from_before_the_ema_statistics_resumes_and_samples(runs, tfds_dir,
-                                                                         tmp_path):
+def test_a_checkpoint_from_before_the_ema_statistics_and_grain_resumes_and_samples(
+    runs, tfds_dir, tmp_path, caplog):
+  """Written before the EMA G had BN statistics of its own, and with tf.data's
+  per-process data position: it samples, and training resumes from it exactly."""
+  import logging
   import orbax.checkpoint as ocp
   copies = {}
   for name in ('intact', 'old'):
@@ -109,14 +112,21 @@ def test_a_checkpoint_from_before_the_ema_statistics_resumes_and_samples(runs, t
   shutil.rmtree(state_dir)
   with ocp.StandardCheckpointer() as writer:
     writer.save(state_dir, saved)
+  data_dir = os.path.join(copies['old'], 'checkpoints', '4', 'data')
+  shutil.rmtree(data_dir)
+  os.mkdir(data_dir)
+  for name in ('process_0.index', 'process_0.data-00000-of-00001'):  # tf.data's files
+    open(os.path.join(data_dir, name), 'wb').close()
   # Sampling measures the EMA G's statistics as training would have at that step.
   variables, _, _ = checkpoint.restore_generator(copies['old'], train.make_mesh())
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                variables['batch_stats'], jax.device_get(runs[3].ema_batch_stats))
   # Training resumes from it exactly as from the intact checkpoint.
   config = shapes_config(tfds_dir, num_train_steps=5, checkpoint_every_steps=2)
-  states = {name: jax.device_get(train.train_and_evaluate(config, workdir))
-            for name, workdir in copies.items()}
+  with caplog.at_level(logging.WARNING):
+    states = {name: jax.device_get(train.train_and_evaluate(config, workdir))
+              for name, workdir in copies.items()}
+  assert 'data position of the former tf.data input' in caplog.text
   assert int(states['old'].step) == 5
   jax.tree.map(np.testing.assert_array_equal, states['old'], states['intact'])
 
@@ -235,18 +245,15 @@ class NaNBatches:
     self.count += 1
     return dict(batch, image=image)
 
-  def save(self, path):
-    return self.data.save(path)
-
-  def restore(self, path):
-    self.data.restore(path)
+  def __getattr__(self, name):  # position, restore, close, source: the real iterator's
+    return getattr(self.data, name)
 
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tfds_dir, tmp_path, monkeypatch):
   real = input_pipeline.create_train_iterator
   # Steps are counted from 1: batch i feeds step i + 1. Step 2 alone, then steps 4-6.
   monkeypatch.setattr(input_pipeline, 'create_train_iterator',
-                      lambda config: NaNBatches(real(config), bad={1, 3, 4, 5}))
+                      lambda config, mesh: NaNBatches(real(config, mesh), bad={1, 3, 4, 5}))
   config = shapes_config(tfds_dir, num_train_steps=10, checkpoint_every_steps=1,
                          max_nonfinite_steps=3)
   with pytest.raises(train.NonFiniteError, match=r'steps 4 to 6 had non-finite .* before step 4'):

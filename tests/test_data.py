@@ -1,4 +1,5 @@
 """The embedded TFDS dataset and the input pipeline."""
+import io
 import logging
 import os
 import subprocess
@@ -7,14 +8,13 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sagan_jax import input_pipeline, shapes_dataset, train
+from sagan_jax import input_pipeline, resized_dataset, shapes_dataset, train
 from sagan_jax.preprocessing import preprocess
 from processes import run_workers
-from tiny_config import load_config, tiny_config
+from tiny_config import load_config, shapes_config, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,19 +26,28 @@ def test_embedded_dataset_prepares_offline_and_is_balanced(tfds_dir):
   assert info.features['label'].names == list(shapes_dataset.CLASS_NAMES)
   assert info.splits['train'].num_examples == 10_000
   assert info.splits['test'].num_examples == 1_000
-  labels = np.array([int(ex['label']) for ex in builder.as_dataset(split='test').take(1000)])
+  assert info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  source = input_pipeline.data_source(config, 'test')
+  labels = np.array([int(source[i]['label']) for i in range(len(source))])
   assert np.all(np.bincount(labels, minlength=10) == 100)
+
+
+def iterator(config, rows=None):
+  """The train iterator of `config` as one process holding `rows` of each global batch
+  (default: all of them)."""
+  source = input_pipeline.data_source(config, 'train')
+  return input_pipeline.TrainIterator(config, source, rows or list(range(config.batch_size)))
 
 
 def test_train_batches_have_one_real_batch_per_d_step(tfds_dir):
   config = tiny_config(dataset='sagan_shapes', data_dir=tfds_dir, num_classes=10)
-  batch = next(input_pipeline.create_train_iterator(config))
+  batch = next(input_pipeline.create_train_iterator(config, train.make_mesh()))
   assert batch['image'].shape == (2, 8, 32, 32, 3) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (2, 8) and batch['label'].dtype == np.int32
   assert 0 <= batch['label'].min() and batch['label'].max() < 10
   assert batch['image'].max() > 200 and batch['image'].min() < 60  # bright shapes, dark ground
   assert not np.array_equal(batch['image'][0], batch['image'][1])
-  again = next(input_pipeline.create_train_iterator(config))  # same seed, same order
+  again = next(iterator(config))  # same seed, same order
   np.testing.assert_array_equal(batch['image'], again['image'])
 
 
@@ -58,37 +67,136 @@ def test_classes_differ_in_structure_not_colour():
 def test_preprocess_centre_crops_and_resizes():
   image = np.zeros((40, 60, 3), np.uint8)
   image[:, 10:50] = 255  # the centred 40x40 square is white, the side bands black
-  out = preprocess({'image': tf.constant(image), 'label': tf.constant(3)}, 32)
-  assert out['image'].shape == (32, 32, 3) and out['image'].dtype == tf.uint8
-  assert int(tf.reduce_min(out['image'])) == 255
-  gray = preprocess({'image': tf.zeros((32, 32, 1), tf.uint8),
-                                    'label': tf.constant(1, tf.int64)}, 32)
-  assert gray['image'].shape == (32, 32, 3) and gray['label'].dtype == tf.int32
+  out = preprocess({'image': image, 'label': np.int64(3)}, 32)
+  assert out['image'].shape == (32, 32, 3) and out['image'].dtype == np.uint8
+  assert out['image'].min() == 255 and out['label'] == 3 and out['label'].dtype == np.int32
+  png = io.BytesIO()
+  Image.fromarray(image).save(png, format='PNG')  # encoded, as the data sources give it
+  np.testing.assert_array_equal(preprocess({'image': png.getvalue()}, 32)['image'], out['image'])
+  gray = preprocess({'image': np.zeros((32, 32, 1), np.uint8)}, 32)  # no label: 0
+  assert gray['image'].shape == (32, 32, 3) and gray['label'] == 0
 
 
-def test_data_position_saves_and_restores_exactly(tfds_dir, tmp_path):
-  config = tiny_config(dataset='sagan_shapes', data_dir=tfds_dir, num_classes=10)
-  data = input_pipeline.create_train_iterator(config)
-  for _ in range(3):
-    next(data)
-  prefix = data.save(str(tmp_path / 'data'))
-  expected = [next(data) for _ in range(3)]
-  resumed = input_pipeline.create_train_iterator(config)
-  resumed.restore(prefix)
-  for want in expected:
-    got = next(resumed)
-    np.testing.assert_array_equal(got['image'], want['image'])
-    np.testing.assert_array_equal(got['label'], want['label'])
+def test_the_global_stream_is_the_same_on_any_process_count_and_resumes_exactly(tfds_dir):
+  """One process holding all 8 rows of each global batch, or two holding 4 each (or
+  rows 0, 2, 4, 6 and 1, 3, 5, 7): the same global batches; a position saved by two
+  processes continues on one, and one on two."""
+  config = shapes_config(tfds_dir, batch_size=8, num_d_steps=2)
+  single = iterator(config)
+  whole = [next(single) for _ in range(6)]
+  for parts in ([[0, 1, 2, 3], [4, 5, 6, 7]], [[0, 2, 4, 6], [1, 3, 5, 7]]):
+    pod = [iterator(config, rows) for rows in parts]
+    for want in whole[:3]:
+      got = [next(p) for p in pod]
+      for key in ('image', 'label'):
+        joined = np.zeros_like(want[key])
+        for rows, part in zip(parts, got):
+          joined[:, rows] = part[key]
+        np.testing.assert_array_equal(joined, want[key])
+    assert pod[0].position() == pod[1].position() == {'consumed': 48, 'seed': 0,
+                                                       'examples': 10_000}
+    resumed = iterator(config)  # the pod's position, on one process
+    resumed.restore(pod[0].position())
+    for want in whole[3:]:
+      got = next(resumed)
+      np.testing.assert_array_equal(got['image'], want['image'])
+      np.testing.assert_array_equal(got['label'], want['label'])
+  half = iterator(config, [4, 5, 6, 7])  # one process's position, on the second of two
+  half.restore(single.position() | {'consumed': 32})
+  np.testing.assert_array_equal(next(half)['image'], whole[2]['image'][:, 4:])
+  with pytest.raises(input_pipeline.DataError, match='seed 0 over 10000 examples; this run'):
+    iterator(shapes_config(tfds_dir, seed=1)).restore(single.position())
+
+
+def test_grain_worker_processes_decode_the_same_batches(tfds_dir):
+  config = shapes_config(tfds_dir)
+  with_workers = iterator(shapes_config(tfds_dir, data_workers=2))
+  want = [next(with_workers) for _ in range(3)]
+  in_process = iterator(config)
+  for expected in want:
+    np.testing.assert_array_equal(next(in_process)['image'], expected['image'])
+  with_workers.restore(in_process.position())  # a restore reopens the workers' stream
+  np.testing.assert_array_equal(next(with_workers)['label'], next(in_process)['label'])
+  with_workers.close()
+  assert input_pipeline.data_workers(config) == 0  # the CPU backend: its cores run the model
+
+
+def test_epochs_reshuffle_and_cross_batches(tmp_path):
+  """An epoch of 10 examples ends inside the third batch of 4: every example comes once
+  per epoch, in a new order each epoch."""
+  with tfds.testing.mock_data(num_examples=10):
+    config = tiny_config(dataset='cifar10', data_dir=str(tmp_path), num_classes=10,
+                         batch_size=4, num_d_steps=1)
+    data = iterator(config)
+    images = np.concatenate([next(data)['image'][0] for _ in range(5)])  # 20 = 2 epochs
+  keys = [image.tobytes() for image in images]
+  assert len(set(keys[:10])) == len(set(keys[10:])) == 10 and set(keys[:10]) == set(keys[10:])
+  assert keys[:10] != keys[10:]
+
+
+def test_a_dataset_smaller_than_a_batch_and_a_tfrecord_one_fail_with_the_fix(tmp_path, tfds_dir):
+  with tfds.testing.mock_data(num_examples=6):
+    with pytest.raises(input_pipeline.DataError, match=r'cifar10 has 6 examples in its train '
+                                                       r'split, fewer than one batch'):
+      input_pipeline.create_train_iterator(tiny_config(
+          dataset='cifar10', data_dir=str(tmp_path), num_classes=10), train.make_mesh())
+  old = tfds.builder('sagan_shapes', data_dir=str(tmp_path / 'old'))  # TFDS's default format
+  old.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  with pytest.MonkeyPatch.context() as patch:  # a TFRecord-prepared catalog dataset
+    patch.setattr(tfds, 'builder', lambda *a, **k: old)
+    with pytest.raises(input_pipeline.DataError, match=(
+        r'cifar10 in .* is in tfrecord files, .* python -m sagan_jax.prepare --dataset=cifar10 '
+        r'--image_size=32 .* tfds build cifar10 --file_format=array_record')):
+      input_pipeline.get_builder(tiny_config(dataset='cifar10', data_dir=str(tmp_path / 'old'),
+                                             num_classes=10))
+  # The way out it names: the pre-resized copy, which reads TFRecord files.
+  copy = resized_dataset.builder('sagan_shapes', 32, str(tmp_path / 'old'))
+  copy.download_and_prepare()
+  converted = iterator(tiny_config(dataset='resized:sagan_shapes', data_dir=str(tmp_path / 'old'),
+                                   num_classes=10))
+  source = input_pipeline.data_source(converted.config, 'test')
+  copied = {preprocess(source[i], 32)['image'].tobytes()
+            for i in range(len(source))}
+  assert copied == {ex['image'].tobytes() for ex in tfds.as_numpy(old.as_dataset(split='test'))}
+  assert next(converted)['image'].shape == (2, 8, 32, 32, 3)
+
+
+class BadRecords:
+  """A data source whose examples 3 and 5 hold bytes that are not an image."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return dict(self.source[i], image=b'not an image') if i in (3, 5) else self.source[i]
+
+
+def test_undecodable_records_are_skipped_and_logged(tfds_dir, caplog):
+  config = shapes_config(tfds_dir, batch_size=8, num_d_steps=1)
+  source = input_pipeline.data_source(config, 'train')
+  good = input_pipeline.TrainIterator(config, source, list(range(8)))
+  bad = input_pipeline.TrainIterator(config, BadRecords(source), list(range(8)))
+  with caplog.at_level(logging.WARNING):
+    images = np.concatenate([next(bad)['image'][0] for _ in range(1300)])  # > 1 epoch
+  assert 'Skipped the undecodable example 3' in caplog.text
+  assert 'Skipped the undecodable example 5' in caplog.text
+  assert 'skipped so far by this process' in caplog.text
+  expected = np.concatenate([next(good)['image'][0] for _ in range(1300)])
+  same = (images == expected).all(axis=(1, 2, 3))
+  assert 2 <= (~same).sum() <= 8  # each bad one replaced by the stream's next example
 
 
 def test_random_flip_is_deterministic_and_flips(tfds_dir):
   config = tiny_config(dataset='sagan_shapes', data_dir=tfds_dir, num_classes=10,
                        random_flip=True, batch_size=64, num_d_steps=1)
-  plain = next(input_pipeline.create_train_iterator(
+  plain = next(iterator(
       tiny_config(dataset='sagan_shapes', data_dir=tfds_dir, num_classes=10, batch_size=64,
                   num_d_steps=1)))['image'][0]
-  flipped = next(input_pipeline.create_train_iterator(config))['image'][0]
-  again = next(input_pipeline.create_train_iterator(config))['image'][0]
+  flipped = next(iterator(config))['image'][0]
+  again = next(iterator(config))['image'][0]
   np.testing.assert_array_equal(flipped, again)
   mirrored = [np.array_equal(f, p[:, ::-1]) and not np.array_equal(f, p)
               for f, p in zip(flipped, plain)]
@@ -98,11 +206,10 @@ def test_random_flip_is_deterministic_and_flips(tfds_dir):
 
 @pytest.mark.parametrize('name, size, classes', [('imagenet128', 128, 1000), ('cifar10', 32, 10)])
 def test_mock_tfds_datasets_assemble_global_batches_on_8_devices(tmp_path, name, size, classes):
-  config = load_config(name, data_dir=str(tmp_path), batch_size=16, shuffle_buffer=8,
-                       num_d_steps=2)
+  config = load_config(name, data_dir=str(tmp_path), batch_size=16, num_d_steps=2)
   mesh = train.make_mesh()
   with tfds.testing.mock_data(num_examples=40):
-    batch = train.shard_batch(next(input_pipeline.create_train_iterator(config)), mesh)
+    batch = train.shard_batch(next(input_pipeline.create_train_iterator(config, mesh)), mesh)
   assert batch['image'].shape == (2, 16, size, size, 3) and batch['image'].dtype == jnp.uint8
   assert batch['label'].shape == (2, 16) and batch['label'].dtype == jnp.int32
   assert len(batch['image'].sharding.device_set) == 8
@@ -117,11 +224,12 @@ def test_unlabelled_dataset_needs_one_class_and_gets_label_zero(tmp_path):
   with tfds.testing.mock_data(num_examples=20):
     with pytest.raises(input_pipeline.DataError, match=r'config.num_classes=4 but celeb_a has 1 '
                                                        r'class: set --config.num_classes=1'):
-      input_pipeline.create_train_iterator(tiny_config(dataset='celeb_a', data_dir=str(tmp_path)))
-    config = tiny_config(dataset='celeb_a', data_dir=str(tmp_path), num_classes=1, image_size=32,
-                         shuffle_buffer=8)
-    batch = next(input_pipeline.create_train_iterator(config))
-  assert batch['image'].shape == (2, 8, 32, 32, 3) and not batch['label'].any()
+      input_pipeline.create_train_iterator(tiny_config(dataset='celeb_a', data_dir=str(tmp_path)),
+                                           train.make_mesh())
+    for name in ('celeb_a', 'lsun/bedroom'):
+      config = tiny_config(dataset=name, data_dir=str(tmp_path), num_classes=1, image_size=32)
+      batch = next(iterator(config))
+      assert batch['image'].shape == (2, 8, 32, 32, 3) and not batch['label'].any(), name
 
 
 def _missing_dataset_error(name, data_dir, num_classes):
@@ -130,11 +238,12 @@ def _missing_dataset_error(name, data_dir, num_classes):
 import time
 from sagan_jax import input_pipeline
 from sagan_jax.config import default_config
+from sagan_jax.mesh import make_mesh
 c = default_config()
 c.dataset, c.data_dir, c.num_classes = {name!r}, {data_dir!r}, {num_classes}
 start = time.time()
 try:
-  input_pipeline.create_train_iterator(c)
+  input_pipeline.create_train_iterator(c, make_mesh())
 except input_pipeline.DataError as e:
   print(round(time.time() - start, 1), e)
 """
@@ -149,22 +258,25 @@ def test_missing_datasets_fail_at_once_with_the_fix(tmp_path):
   assert seconds < 10
   assert message == (f'imagenet2012 is not prepared in {tmp_path}: put ILSVRC2012_img_train.tar '
                      f'and ILSVRC2012_img_val.tar in {tmp_path}/downloads/manual/ and run once: '
-                     f'tfds build imagenet2012 --data_dir={tmp_path}')
+                     f'tfds build imagenet2012 --file_format=array_record --data_dir={tmp_path}')
   seconds, message = _missing_dataset_error('cifar10', str(tmp_path), 10)
-  assert seconds < 10 and message.endswith(f'tfds build cifar10 --data_dir={tmp_path}')
+  assert seconds < 10 and message.endswith(
+      f'tfds build cifar10 --file_format=array_record --data_dir={tmp_path}')
   seconds, message = _missing_dataset_error('no_such_dataset', str(tmp_path), 10)
   assert "config.dataset='no_such_dataset' is not a TFDS dataset" in message
 
 
-def test_two_processes_read_disjoint_parts_that_cover_the_split(tfds_dir):
-  input_pipeline.get_builder(tiny_config(dataset='sagan_shapes', data_dir=tfds_dir,
-                                         num_classes=10))  # prepared once, here
+def test_two_processes_read_their_halves_of_the_same_global_batches(tfds_dir):
+  """jax.distributed processes of one device each: process i holds rows 4i..4i+3."""
+  config = shapes_config(tfds_dir)
+  whole = iterator(config)
+  want = [next(whole) for _ in range(2)]
   outputs = run_workers('data_worker.py', 2, 1, tfds_dir)
-  first, second = (set(o['ids']) for o in outputs)
-  assert len(first) == len(second) == 500
-  assert not first & second
-  assert len(first | second) == shapes_dataset.SPLITS['test'][0]
-  assert [o['batch_shape'] for o in outputs] == [[2, 4, 32, 32, 3]] * 2  # half the batch each
+  for i, out in enumerate(outputs):
+    assert out['rows'] == list(range(4 * i, 4 * i + 4))
+    for batch, expected in zip(out['batches'], want):
+      np.testing.assert_array_equal(batch['label'], expected['label'][:, 4 * i:4 * i + 4])
+      assert batch['image_sum'] == int(expected['image'][:, 4 * i:4 * i + 4].sum())
 
 
 def _write_image_folder(root):
@@ -184,17 +296,18 @@ def _write_image_folder(root):
 def test_image_folder_keeps_every_good_image_and_counts_the_bad_one(tmp_path, caplog):
   _write_image_folder(tmp_path / 'images')
   config = tiny_config(dataset=f'folder:{tmp_path / "images"}', data_dir=str(tmp_path / 'tfds'),
-                       num_classes=2, image_size=32, batch_size=5, num_d_steps=1, shuffle_buffer=5)
+                       num_classes=2, image_size=32, batch_size=5, num_d_steps=1)
   with caplog.at_level(logging.WARNING):
     builder = input_pipeline.get_builder(config)
   assert builder.info.features['label'].names == ['cats', 'dogs']
   assert builder.info.splits['train'].num_examples == 5
   assert 'Skipped 1 unreadable files of 6' in caplog.text and 'truncated.jpg' in caplog.text
-  examples = list(tfds.as_numpy(builder.as_dataset(split='train')))
+  source = input_pipeline.data_source(config, 'train')
+  examples = [preprocess(source[i], 32) for i in range(len(source))]
   assert all(ex['image'].shape == (32, 32, 3) for ex in examples)
   gray = [ex['image'] for ex in examples if (ex['image'] == 77).all()]
   assert len(gray) == 1  # the grayscale file became RGB with equal channels
-  data = input_pipeline.create_train_iterator(config)
+  data = iterator(config)
   batches = [next(data) for _ in range(4)]
   assert all(b['image'].shape == (1, 5, 32, 32, 3) for b in batches)
   assert set(np.concatenate([b['label'].ravel() for b in batches])) == {0, 1}
@@ -202,19 +315,26 @@ def test_image_folder_keeps_every_good_image_and_counts_the_bad_one(tmp_path, ca
     input_pipeline.get_builder(tiny_config(dataset=f'folder:{tmp_path / "nothing"}'))
 
 
-def test_prepare_writes_a_resized_copy_that_trains(tfds_dir):
+def test_prepare_writes_a_resized_copy_that_trains(tfds_dir, tmp_path_factory):
   input_pipeline.get_builder(tiny_config(dataset='sagan_shapes', data_dir=tfds_dir,
                                          num_classes=10))
   config = tiny_config(dataset='resized:sagan_shapes', data_dir=tfds_dir, num_classes=10,
                        image_size=64)
   with pytest.raises(input_pipeline.DataError, match=r'no 64px copy of sagan_shapes .* python -m '
                                                      r'sagan_jax.prepare --dataset=sagan_shapes'):
-    input_pipeline.create_train_iterator(config)
+    iterator(config)
+  old = tmp_path_factory.mktemp('old')  # a copy written by the tf.data version: 1.0.0
+  (old / 'sagan_resized' / 'sagan_shapes_64' / '1.0.0').mkdir(parents=True)
+  with pytest.raises(input_pipeline.DataError, match=(
+      r'no 64px copy of sagan_shapes in .* \(the copy there is of version 1.0.0, written before '
+      r'the input read ArrayRecord files; this program reads version 2.0.0\): run once')):
+    iterator(tiny_config(dataset='resized:sagan_shapes', data_dir=str(old), num_classes=10,
+                         image_size=64))
   result = subprocess.run([sys.executable, '-m', 'sagan_jax.prepare', '--dataset=sagan_shapes',
                            '--image_size=64', f'--data_dir={tfds_dir}'], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  batch = next(input_pipeline.create_train_iterator(config))
+  batch = next(iterator(config))
   assert batch['image'].shape == (2, 8, 64, 64, 3) and batch['image'].dtype == np.uint8
   builder = input_pipeline.get_builder(config)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {'train': 10_000,

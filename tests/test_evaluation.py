@@ -12,7 +12,7 @@ from sagan_jax import classifier, evaluation, modes, train
 
 @pytest.fixture(scope='module')
 def classifier_weights(tfds_dir, tmp_path_factory):
-  params, accuracy = classifier.train(tfds_dir, steps=60)
+  params, accuracy = classifier.train(steps=60)
   assert accuracy > 0.5  # 10 classes; 60 steps already separate most of them
   path = str(tmp_path_factory.mktemp('classifier') / 'weights.npz')
   classifier.save(params, path)
@@ -22,7 +22,7 @@ def classifier_weights(tfds_dir, tmp_path_factory):
 def test_shipped_classifier_knows_the_test_split(tfds_dir):
   """The weights evaluation uses by default (sagan_jax/assets) classify the
   embedded dataset's test split: accuracy, and class-consistent features."""
-  images, labels = classifier.split_arrays(tfds_dir, 'test')
+  images, labels = classifier.split_arrays('test')
   extractor = evaluation.Extractor('classifier', classifier.SHIPPED, train.make_mesh(), 10)
   features, logits = extractor(images)
   assert (logits.argmax(-1) == labels).mean() >= 0.99

@@ -1,4 +1,5 @@
 """End to end: main.py and the README's main command."""
+import json
 import os
 import subprocess
 import sys
@@ -35,8 +36,7 @@ import runpy, sys
 import tensorflow_datasets as tfds
 sys.argv = ['main.py', '--config=configs/cifar10.py', '--workdir={tmp_path}',
             '--config.data_dir={tmp_path / "tfds"}', '--config.ch=2', '--config.batch_size=8',
-            '--config.num_train_steps=2', '--config.log_every_steps=1',
-            '--config.shuffle_buffer=16', '--verbose']
+            '--config.num_train_steps=2', '--config.log_every_steps=1', '--verbose']
 with tfds.testing.mock_data(num_examples=64):
   runpy.run_path('main.py', run_name='__main__')
 """
@@ -46,10 +46,9 @@ with tfds.testing.mock_data(num_examples=64):
   assert 'step 2/2' in result.stderr
   assert 'CheckpointManager' in result.stderr  # --verbose: the libraries' lines too
   assert os.path.exists(tmp_path / 'samples' / '0000002_ema.png')
-  # mock_data's pipeline runs Python, which tf.data cannot serialise: the
-  # checkpoint is written without a data position, and the log says so.
-  assert 'The data position cannot be saved' in result.stderr
-  assert os.path.exists(tmp_path / 'checkpoints' / '2' / 'data' / 'process_0.unsaved')
+  # The data position: the stream's elements consumed, 2 steps of one batch of 8.
+  position = json.loads((tmp_path / 'checkpoints' / '2' / 'data' / 'metadata').read_text())
+  assert position == {'consumed': 16, 'seed': 0, 'examples': 64}
 
 
 def test_main_reports_a_missing_dataset_in_one_line(tmp_path):
@@ -59,7 +58,7 @@ def test_main_reports_a_missing_dataset_in_one_line(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       f'Data error: cifar10 is not prepared in {tmp_path}: run once, on a machine with network '
-      f'access: tfds build cifar10 --data_dir={tmp_path}')
+      f'access: tfds build cifar10 --file_format=array_record --data_dir={tmp_path}')
 
 
 def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):

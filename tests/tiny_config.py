@@ -24,7 +24,7 @@ def tiny_config(**overrides):
   c = default_config()
   c.update(dict(image_size=32, num_classes=4, ch=2, z_dim=16, attention_resolution=16,
                 batch_size=8, num_d_steps=2, ema_decay=0.9, ema_start_step=1,
-                shuffle_buffer=64, log_every_steps=1, sample_every_steps=2,
+                log_every_steps=1, sample_every_steps=2,
                 sample_classes=4, samples_per_class=2, num_train_steps=3))
   c.update(overrides)
   return c
