@@ -137,8 +137,8 @@ def restore_for_training(manager, config, abstract_state, data):
     # tf.data's per-process positions, from before the index-based input: continue the
     # new stream where this many steps of its batches end.
     saved = meta['config']
-    data.restore({'consumed': step * saved['batch_size'] * saved['num_d_steps'],
-                  'seed': config.seed, 'examples': len(data.source)})
+    data.restore(dict(data.position(),
+                      consumed=step * saved['batch_size'] * saved['num_d_steps']))
     logging.warning('The checkpoint of step %d holds a data position of the former tf.data '
                     'input; the data stream goes on from step %d of the new one.', step, step)
   else:

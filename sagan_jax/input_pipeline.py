@@ -228,6 +228,7 @@ class TrainIterator:
     self.config, self.source, self.rows = config, source, rows
     self.consumed = 0  # elements of the global stream in the batches returned so far
     self._iterator = None  # opened at the first batch, from `consumed`
+    self._workers = data_workers(config)
 
   def _open(self):
     c = self.config
@@ -236,7 +237,6 @@ class TrainIterator:
                         self.rows)
     batches = rows.batch(len(self.rows)).batch(c.num_d_steps)
     ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
-    self._workers = data_workers(c)
     if self._workers:
       if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults here)
         flags.FLAGS.mark_as_parsed()

@@ -9,8 +9,9 @@ Two sources, one builder config each:
   sagan_jax.prepare` writes this copy once and training reads it.
 Images are decoded, centre-cropped and resized (preprocessing.py) by a pool of
 processes, one per core, and stored as raw uint8 pixels in ArrayRecord files,
-which training reads by index without decoding anything. A source prepared in TFDS's TFRecord format is read with tf.data
-(TensorFlow is needed here only): this is also the way to convert one.
+which training reads by index without decoding anything. A source prepared in
+TFDS's TFRecord format is read with tf.data (TensorFlow is needed here only): this
+is also the way to convert one.
 """
 import hashlib
 import multiprocessing
@@ -119,14 +120,13 @@ class SaganResized(tfds.core.GeneratorBasedBuilder):
     files = [(f'{name}/{file}', label, os.fspath(epath.Path(root) / name / file))
              for label, name in enumerate(folder_classes(root))
              for file in sorted(p.name for p in (epath.Path(root) / name).iterdir())]
-    labels = {path: (key, label) for key, label, path in files}
     skipped = []
-    with _pool() as pool:
-      for path, image, why in pool.imap(_folder_image, [(f[2], size) for f in files], 16):
+    with _pool() as pool:  # imap keeps the order of `files`
+      results = pool.imap(_folder_image, [(path, size) for _, _, path in files], 16)
+      for (key, label, _), (path, image, why) in zip(files, results):
         if image is None:
           skipped.append(f'{path} ({why})')
           continue
-        key, label = labels[path]
         yield key, {'image': image, 'label': label}  # keys: the same order anywhere
     if skipped:
       logging.warning('Skipped %d unreadable files of %d in %s: %s', len(skipped), len(files),
