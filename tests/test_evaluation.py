@@ -11,7 +11,7 @@ from sagan_jax import classifier, evaluation, modes, train
 
 
 @pytest.fixture(scope='module')
-def classifier_weights(tfds_dir, tmp_path_factory):
+def classifier_weights(tmp_path_factory):
   params, accuracy = classifier.train(steps=60)
   assert accuracy > 0.5  # 10 classes; 60 steps already separate most of them
   path = str(tmp_path_factory.mktemp('classifier') / 'weights.npz')
@@ -19,7 +19,7 @@ def classifier_weights(tfds_dir, tmp_path_factory):
   return path
 
 
-def test_shipped_classifier_knows_the_test_split(tfds_dir):
+def test_shipped_classifier_knows_the_test_split():
   """The weights evaluation uses by default (sagan_jax/assets) classify the
   embedded dataset's test split: accuracy, and class-consistent features."""
   images, labels = classifier.split_arrays('test')
