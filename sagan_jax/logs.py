@@ -106,7 +106,10 @@ class MetricWriter:
   interrupted run logged after step N is dropped, so that each step appears once:
   metrics.jsonl loses those lines, and TensorBoard gets a session start at step
   N + 1, which makes it discard the old events from there (its default
-  --purge_orphaned_data)."""
+  --purge_orphaned_data).
+
+  metrics.jsonl is rewritten (its kept lines first), never opened for appending:
+  object stores have no append, and gcsfs would silently start it empty."""
 
   def __init__(self, workdir: str, enabled: bool = True, resumed_from: int | None = None):
     self._summary = self._jsonl = None
@@ -114,11 +117,13 @@ class MetricWriter:
       tensorflow_off_accelerators()
       from clu import metric_writers  # imports TensorFlow's summary ops
       logdir, jsonl = epath.Path(workdir) / 'tensorboard', epath.Path(workdir) / 'metrics.jsonl'
+      kept = _lines_up_to(jsonl, resumed_from or 0)
       if resumed_from is not None:
-        _drop_lines_after(jsonl, resumed_from)
         _start_session(logdir, resumed_from + 1)
       self._summary = metric_writers.SummaryWriter(str(logdir))
-      self._jsonl = jsonl.open('a')
+      self._jsonl = jsonl.open('w')
+      self._jsonl.write(kept)
+      self._jsonl.flush()
 
   def scalars(self, step: int, scalars: dict) -> None:
     if self._summary:
@@ -139,16 +144,12 @@ class MetricWriter:
       self._jsonl.close()
 
 
-def _drop_lines_after(jsonl: epath.Path, step: int) -> None:
-  """Keeps the lines of metrics.jsonl up to `step` (rewritten whole, then renamed)."""
+def _lines_up_to(jsonl: epath.Path, step: int) -> str:
+  """The lines of metrics.jsonl up to `step` (none for a run that starts at 0)."""
   if not jsonl.exists():
-    return
-  lines = jsonl.read_text().splitlines(keepends=True)
-  kept = [line for line in lines if line.strip() and json.loads(line)['step'] <= step]
-  if len(kept) < len(lines):
-    tmp = jsonl.parent / (jsonl.name + '.tmp')
-    tmp.write_text(''.join(kept))
-    tmp.replace(jsonl)
+    return ''
+  return ''.join(line for line in jsonl.read_text().splitlines(keepends=True)
+                 if line.strip() and json.loads(line)['step'] <= step)
 
 
 def _start_session(logdir: epath.Path, step: int) -> None:
