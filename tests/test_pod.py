@@ -53,14 +53,20 @@ def train_flags(workdir, tfds_dir, *extra):
           f'--config.data_dir={tfds_dir}', *extra]
 
 
+def inception_eval_flags(weights: str) -> list[str]:
+  """In-training evaluation every 2 steps with the Inception extractor (FID, IS, KID) on
+  12 samples: the classifier's is covered by --mode=eval below."""
+  return ['--config.eval_every_steps=2', '--config.eval_features=inception',
+          f'--config.inception_weights={weights}', '--config.eval_num_samples=12']
+
+
 @pytest.fixture(scope='module')
-def pod_run(tfds_dir, tmp_path_factory):
+def pod_run(tfds_dir, random_inception, tmp_path_factory):
   """A tiny run trained by 2 processes, with evaluation, grids and checkpoints every 2 steps."""
   workdir = tmp_path_factory.mktemp('pod_run')
   results = run_main(2, 2, *train_flags(
-      workdir, tfds_dir, f'--config.num_train_steps={STEPS}', '--config.eval_every_steps=2',
-      '--config.eval_num_samples=40', '--config.checkpoint_every_steps=2',
-      '--config.sample_every_steps=2'))
+      workdir, tfds_dir, f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=2',
+      '--config.sample_every_steps=2', *inception_eval_flags(random_inception)))
   return workdir, results
 
 
@@ -71,10 +77,10 @@ def test_training_with_evaluation_on_two_processes(pod_run):
   assert 'eval at step 2 |' in first and 'eval at step 4 |' in first
   assert 'eval at step' not in second  # progress is logged by process 0 only
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  evals = [r['step'] for r in rows if 'eval/ema/frechet_distance' in r]
-  assert evals == [2, 4]  # each row written once, by process 0
-  assert all(np.isfinite(r['eval/ema/class_accuracy']) for r in rows
-             if 'eval/ema/frechet_distance' in r)
+  evals = [r for r in rows if 'eval/ema/fid' in r]
+  assert [r['step'] for r in evals] == [2, 4]  # each row written once, by process 0
+  assert all(np.isfinite(r[f'eval/{g}/{k}']) for r in evals for g in ('ema', 'raw')
+             for k in ('fid', 'is', 'kid'))
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
   assert os.listdir(workdir / 'checkpoints_best')
   assert {f'{s:07d}_{g}.png' for s in (0, 2, 4) for g in ('ema', 'raw')} <= set(
@@ -150,7 +156,7 @@ TRAINING = ('d_loss', 'g_loss', 'd_real', 'd_fake', 'd_grad_norm', 'g_grad_norm'
 
 @pytest.mark.slow
 def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
-    pod_run, tfds_dir, tmp_path):
+    pod_run, tfds_dir, random_inception, tmp_path):
   """The pod's 4 steps, then step 5 resumed on 1 process and step 6 on 2 again: the
   same losses at every step as one process training 6 steps straight (the same
   global batches: the data position is global), and the same evaluation at step 2."""
@@ -158,8 +164,8 @@ def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
   copy, straight = tmp_path / 'run', tmp_path / 'straight'
   subprocess.run(['cp', '-r', str(workdir), str(copy)], check=True)
   run_main(1, 4, *train_flags(straight, tfds_dir, f'--config.num_train_steps={STEPS + 2}',
-                              '--config.checkpoint_every_steps=2', '--config.eval_every_steps=2',
-                              '--config.eval_num_samples=40'))
+                              '--config.checkpoint_every_steps=2',
+                              *inception_eval_flags(random_inception)))
   for processes, devices, steps in ((1, 4, STEPS + 1), (2, 2, STEPS + 2)):
     [(_, _, log), *_] = run_main(processes, devices, *train_flags(
         copy, tfds_dir, f'--config.num_train_steps={steps}', '--config.eval_every_steps=0'))
@@ -175,9 +181,9 @@ def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
   for got, want in zip(resumed, expected):
     for key in TRAINING:
       assert got[key] == pytest.approx(want[key], rel=2e-3, abs=1e-5), (got['step'], key)
-  # The in-training evaluation (classifier) of the pod's step 2 and of one process's.
+  # The in-training evaluation (Inception) of the pod's step 2 and of one process's.
   evals = lambda d: {r['step']: r for r in map(json.loads, open(d / 'metrics.jsonl'))
-                     if 'eval/ema/frechet_distance' in r}
+                     if 'eval/ema/fid' in r}
   pod, single = evals(workdir)[2], evals(straight)[2]
   keys = [k for k in single if k.startswith('eval/') and 'per_s' not in k and 'seconds' not in k]
   assert len(keys) >= 8 and set(keys) <= set(pod)
