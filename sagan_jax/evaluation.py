@@ -116,8 +116,12 @@ def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute,
   stats = compute()
   if jax.process_index() == 0:  # every process computes them; one writes
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open('wb') as f:
+    # Written whole, then renamed: another run reading the cache (or one killed while
+    # writing) never sees part of a file.
+    tmp = path.parent / f'{path.name}.tmp{os.getpid()}'
+    with tmp.open('wb') as f:
       np.savez(f, **stats)
+    tmp.replace(path)
   logging.info('Reference statistics of %s: %s', config.dataset, path)
   return stats
 

@@ -53,20 +53,14 @@ def train_flags(workdir, tfds_dir, *extra):
           f'--config.data_dir={tfds_dir}', *extra]
 
 
-def inception_eval_flags(weights: str) -> list[str]:
-  """In-training evaluation every 2 steps with the Inception extractor (FID, IS, KID) on
-  12 samples: the classifier's is covered by --mode=eval below."""
-  return ['--config.eval_every_steps=2', '--config.eval_features=inception',
-          f'--config.inception_weights={weights}', '--config.eval_num_samples=12']
-
-
 @pytest.fixture(scope='module')
-def pod_run(tfds_dir, random_inception, tmp_path_factory):
+def pod_run(tfds_dir, tmp_path_factory):
   """A tiny run trained by 2 processes, with evaluation, grids and checkpoints every 2 steps."""
   workdir = tmp_path_factory.mktemp('pod_run')
   results = run_main(2, 2, *train_flags(
-      workdir, tfds_dir, f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=2',
-      '--config.sample_every_steps=2', *inception_eval_flags(random_inception)))
+      workdir, tfds_dir, f'--config.num_train_steps={STEPS}', '--config.eval_every_steps=2',
+      '--config.eval_num_samples=40', '--config.checkpoint_every_steps=2',
+      '--config.sample_every_steps=2'))
   return workdir, results
 
 
@@ -77,10 +71,10 @@ def test_training_with_evaluation_on_two_processes(pod_run):
   assert 'eval at step 2 |' in first and 'eval at step 4 |' in first
   assert 'eval at step' not in second  # progress is logged by process 0 only
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  evals = [r for r in rows if 'eval/ema/fid' in r]
-  assert [r['step'] for r in evals] == [2, 4]  # each row written once, by process 0
-  assert all(np.isfinite(r[f'eval/{g}/{k}']) for r in evals for g in ('ema', 'raw')
-             for k in ('fid', 'is', 'kid'))
+  evals = [r['step'] for r in rows if 'eval/ema/frechet_distance' in r]
+  assert evals == [2, 4]  # each row written once, by process 0
+  assert all(np.isfinite(r['eval/ema/class_accuracy']) for r in rows
+             if 'eval/ema/frechet_distance' in r)
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
   assert os.listdir(workdir / 'checkpoints_best')
   assert {f'{s:07d}_{g}.png' for s in (0, 2, 4) for g in ('ema', 'raw')} <= set(
@@ -88,7 +82,7 @@ def test_training_with_evaluation_on_two_processes(pod_run):
 
 
 MODES = {
-    'eval': ['--mode=eval', '--eval_samples=40'],
+    'eval': ['--mode=eval', '--eval_samples=12', '--features=inception'],  # + weights below
     'sample': ['--mode=sample', '--export_samples=10', '--format=npz', '--classes=0,3'],
     'interpolate': ['--mode=interpolate', '--classes=1,2', '--strip_images=4'],
     'attention': ['--mode=attention', '--classes=5'],
@@ -122,15 +116,20 @@ def random_inception(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_every_mode_on_two_processes_equals_one_process(pod_run, tfds_dir, random_inception,
                                                          tmp_path):
-  """The reference statistics with the Inception extractor, the modes with the classifier."""
+  """The modes, and the reference statistics. The evaluation here uses the Inception
+  extractor (FID, IS, KID), the in-training evaluation above the classifier: the
+  evaluation code is the same for both."""
   workdir, _ = pod_run
   reference = lambda out: ['--mode=reference', *train_flags(workdir, tfds_dir),
                            f'--config.reference_dir={out}', '--eval_samples=12',
                            '--features=inception', f'--inception_weights={random_inception}']
   for mode in [*MODES, 'reference']:
     pod, single = tmp_path / mode / 'pod', tmp_path / mode / 'single'
+    # --mode=eval's reference statistics go to the pod run's workdir, where both runs
+    # below may write them: whole files (renamed into place), equal.
+    weights = [f'--inception_weights={random_inception}'] if mode == 'eval' else []
     flags = lambda out: (reference(out) if mode == 'reference' else
-                         [*MODES[mode], f'--workdir={workdir}', f'--out={out}'])
+                         [*MODES[mode], f'--workdir={workdir}', f'--out={out}', *weights])
     runs = start_main(2, 2, *flags(pod)) + start_main(1, 4, *flags(single))
     for code, _, err in finish(runs):
       assert code == 0, (mode, err[-3000:])
@@ -156,7 +155,7 @@ TRAINING = ('d_loss', 'g_loss', 'd_real', 'd_fake', 'd_grad_norm', 'g_grad_norm'
 
 @pytest.mark.slow
 def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
-    pod_run, tfds_dir, random_inception, tmp_path):
+    pod_run, tfds_dir, tmp_path):
   """The pod's 4 steps, then step 5 resumed on 1 process and step 6 on 2 again: the
   same losses at every step as one process training 6 steps straight (the same
   global batches: the data position is global), and the same evaluation at step 2."""
@@ -164,8 +163,8 @@ def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
   copy, straight = tmp_path / 'run', tmp_path / 'straight'
   subprocess.run(['cp', '-r', str(workdir), str(copy)], check=True)
   run_main(1, 4, *train_flags(straight, tfds_dir, f'--config.num_train_steps={STEPS + 2}',
-                              '--config.checkpoint_every_steps=2',
-                              *inception_eval_flags(random_inception)))
+                              '--config.checkpoint_every_steps=2', '--config.eval_every_steps=2',
+                              '--config.eval_num_samples=40'))
   for processes, devices, steps in ((1, 4, STEPS + 1), (2, 2, STEPS + 2)):
     [(_, _, log), *_] = run_main(processes, devices, *train_flags(
         copy, tfds_dir, f'--config.num_train_steps={steps}', '--config.eval_every_steps=0'))
@@ -181,9 +180,9 @@ def test_training_on_two_processes_and_across_process_counts_is_one_global_run(
   for got, want in zip(resumed, expected):
     for key in TRAINING:
       assert got[key] == pytest.approx(want[key], rel=2e-3, abs=1e-5), (got['step'], key)
-  # The in-training evaluation (Inception) of the pod's step 2 and of one process's.
+  # The in-training evaluation (classifier) of the pod's step 2 and of one process's.
   evals = lambda d: {r['step']: r for r in map(json.loads, open(d / 'metrics.jsonl'))
-                     if 'eval/ema/fid' in r}
+                     if 'eval/ema/frechet_distance' in r}
   pod, single = evals(workdir)[2], evals(straight)[2]
   keys = [k for k in single if k.startswith('eval/') and 'per_s' not in k and 'seconds' not in k]
   assert len(keys) >= 8 and set(keys) <= set(pod)
