@@ -53,6 +53,8 @@ def category(name: str, instructions: dict, bodies: dict) -> str:
       return 'convolution, weight gradients'
     return f'convolution, {where or "other"}'
   if ' dot(' in body or ' dot(' in line:
+    if backward and re.search(r'/(conv1|conv2|conv_out|shortcut)/', op_name):
+      return 'convolution, weight gradients'  # a fused layer's, one dot per tap (valid_conv)
     if '/attention/' in op_name and not re.search(r'/(theta|phi|g|o)/', op_name):
       return f'attention matmuls, {where}'
     if re.search(r'/(theta|phi|g|o|linear|embed)/', op_name) and (

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from sagan_jax import train
 from sagan_jax.config import validate
+from sagan_jax.mesh import use_cpu_cores
 from sagan_jax.models import make_models
 
 FLAGS = flags.FLAGS
@@ -60,6 +61,7 @@ def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
+  use_cpu_cores(config.batch_size)  # as main.py does: one CPU device per core
   validate(config, jax.device_count(), jax.process_count())
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)

@@ -16,6 +16,7 @@ collection mutable: `apply(..., mutable=['spectral'])` in training, a plain
 the state, the Rayleigh estimate of W's top singular value, so training and
 evaluation with the same weights and state see the same sigma.
 """
+import functools
 from typing import Any, Callable
 
 import jax
@@ -81,11 +82,11 @@ class _SNLayer(nn.Module):
   kernel_init: Initializer = nn.initializers.xavier_uniform()
   dtype: Any = jnp.float32
 
-  def kernel(self, shape):
-    """The spectrally normalised kernel, in the compute dtype."""
+  def kernel(self, shape, transform=lambda w: w):
+    """The spectrally normalised kernel, `transform`ed in float32, in the compute dtype."""
     w = spectral_normalize(self, self.param('kernel', self.kernel_init, shape), self.n_steps,
                            self.eps)
-    return w.astype(self.dtype)
+    return transform(w).astype(self.dtype)
 
   def add_bias(self, y):
     if not self.use_bias:
@@ -93,17 +94,129 @@ class _SNLayer(nn.Module):
     return y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
+FUSED_MIN_SIZE = 8  # measured in BENCHMARKS.md (issue 17): slower at 4x4, faster from 8x8
+
+
 class SNConv(_SNLayer):
-  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding."""
+  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding.
+
+  `resample='up'` convolves the input upsampled 2x (nearest neighbour) and
+  `'down'` average-pools the output 2x2, as SAGAN's blocks do. With `fused`
+  each is one convolution at the low resolution with a kernel derived from the
+  same 3x3 weights (`upsample_conv`, `conv_avg_pool_kernel`): the same linear
+  map, up to float rounding, in 4/9 of the multiply-adds. Where the low
+  resolution is under FUSED_MIN_SIZE the work in the kernel (16 or 4 x 4 taps
+  against 9) outweighs that saving, and the layer stays as written.
+  """
   kernel_size: int = 3
+  resample: str = ''  # '', 'up' or 'down'
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    kernel = self.kernel((k, k, x.shape[-1], self.features))
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    shape = (k, k, x.shape[-1], self.features)
+    x = x.astype(self.dtype)
+    if self.fused and self.resample == 'up' and x.shape[1] >= FUSED_MIN_SIZE:
+      y = upsample_conv(x, self.kernel(shape, upsample_conv_kernel))
+    elif self.fused and self.resample == 'down' and x.shape[1] // 2 >= FUSED_MIN_SIZE:
+      y = valid_conv(_pad1(x), self.kernel(shape, conv_avg_pool_kernel), 2)
+    else:
+      y = _conv(upsample_2x(x) if self.resample == 'up' else x, self.kernel(shape), 'SAME')
+      y = avg_pool_2x2(y) if self.resample == 'down' else y
     return self.add_bias(y)
+
+
+def _conv(x, kernel, padding, stride=1):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def valid_conv(x, kernel, stride: int):
+  """An unpadded convolution whose kernel gradient is one matmul per tap (the
+  windows of x against the output gradient), contracted over batch and pixels.
+  For the fused 2x2 and 4x4 stride-2 kernels XLA's CPU weight-gradient
+  convolution is 1.4-2.5x slower than that (BENCHMARKS.md, issue 17)."""
+  return _conv(x, kernel, 'VALID', stride)
+
+
+def _valid_conv_fwd(x, kernel, stride):
+  return valid_conv(x, kernel, stride), (x, kernel)
+
+
+def _valid_conv_bwd(stride, residuals, dy):
+  x, kernel = residuals
+  dx = jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0]
+  ho, wo = dy.shape[1:3]
+  window = lambda t, s: x[:, t:t + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
+  dk = jnp.stack([jnp.stack([
+      jnp.einsum('bhwi,bhwo->io', window(t, s), dy, preferred_element_type=jnp.float32)
+      for s in range(kernel.shape[1])]) for t in range(kernel.shape[0])])
+  # Under shard_map (bn_per_device) a kernel shared by the devices gets the sum of theirs,
+  # as JAX's own rule gives it.
+  shared = _varying(dk) - _varying(kernel)
+  if shared:
+    dk = jax.lax.psum(dk, tuple(sorted(shared)))
+  return dx, dk.astype(kernel.dtype)
+
+
+def _varying(x) -> frozenset:
+  """The manual mesh axes over which x varies inside shard_map (none outside)."""
+  manual = getattr(jax.typeof(x), 'manual_axis_type', None)
+  return manual.varying if manual is not None else frozenset()
+
+
+valid_conv.defvjp(_valid_conv_fwd, _valid_conv_bwd)
+
+
+def _pad1(x):
+  """One zero row and column on every side. Padded here, not by the convolution:
+  XLA's CPU gradient of a 2x2 convolution that pads its own input is 70x slower."""
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
+  return x.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def avg_pool_2x2(x):
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def _up_taps(w, axis):
+  """Along `axis` (3 taps k), output pixel 2i + p of conv3x3(upsample(x)) sees
+  x[i - 1 + p + t] for the 2 taps t of a window: p = 0: x[i-1] w0 + x[i] (w1 + w2);
+  p = 1: x[i] (w0 + w1) + x[i+1] w2. Returns the taps as axes p, t at `axis`."""
+  w0, w1, w2 = (jnp.take(w, k, axis) for k in range(3))
+  return jnp.stack([jnp.stack([w0, w1 + w2], axis), jnp.stack([w0 + w1, w2], axis)], axis)
+
+
+def upsample_conv_kernel(w):
+  """3x3 kernel [3, 3, I, O] -> 2x2 kernel [2, 2, I, (p, q, O)] of the 4 output phases.
+  (Adds and a transpose: an einsum here lowers to a far slower dot on the CPU.)"""
+  k = _up_taps(_up_taps(w, 1), 0)  # [p, t, q, s, I, O]
+  return k.transpose(1, 3, 4, 0, 2, 5).reshape(2, 2, w.shape[2], 4 * w.shape[3])
+
+
+def upsample_conv(x, kernel):
+  """conv3x3(upsample_2x(x)) [B, 2H, 2W, O] from the 2x2 phase kernel: one 2x2
+  convolution of the padded x gives [B, H+1, W+1, (p, q, O)]; phase (p, q) of
+  output pixel (i, j) is at (i + p, j + q), and the phases interleave."""
+  b, h, w, _ = x.shape
+  y = valid_conv(_pad1(x), kernel, 1).reshape(b, h + 1, w + 1, 2, 2, -1)
+  rows = [jnp.stack([y[:, p:p + h, q:q + w, p, q] for q in (0, 1)], axis=3) for p in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, -1)  # [B, H, p, W, q, O] interleaved
+
+
+def conv_avg_pool_kernel(w):
+  """3x3 kernel [3, 3, I, O] -> the 4x4 kernel, stride 2, of conv3x3 then 2x2 mean.
+  Along each axis, output i is the mean of conv outputs 2i and 2i + 1: a window
+  x[2i - 1 .. 2i + 2] with taps [w0, w0 + w1, w1 + w2, w2] / 2."""
+  for axis in (0, 1):
+    pad = lambda before: [(before, 1 - before) if a == axis else (0, 0) for a in range(4)]
+    w = (jnp.pad(w, pad(0)) + jnp.pad(w, pad(1))) / 2
+  return w
 
 
 class SNDense(_SNLayer):

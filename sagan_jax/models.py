@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sagan_jax.layers import ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed
+from sagan_jax.layers import (ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed,
+                              avg_pool_2x2, upsample_2x)
 
 # image size -> (G: width at 4x4 then each block's output width,
 #                D: (output width, downsample) of each block)
@@ -50,27 +51,23 @@ def attention_multipliers(image_size: int, resolution: int) -> tuple[int, int]:
   return g[resolution], d[resolution]
 
 
-def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
-  return x.repeat(2, axis=1).repeat(2, axis=2)
-
-
-def avg_pool_2x2(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
-
-
 class GBlock(nn.Module):
-  """CBN -> ReLU -> up -> conv3x3 -> CBN -> ReLU -> conv3x3, plus up -> conv1x1."""
+  """CBN -> ReLU -> up -> conv3x3 -> CBN -> ReLU -> conv3x3, plus up -> conv1x1.
+
+  The shortcut's 1x1 conv runs before the upsampling: the same values (every
+  output pixel is the same dot product) at a quarter of the cost.
+  """
   features: int
   conv: Callable[..., nn.Module]
   cbn: Callable[..., nn.Module]
 
   @nn.compact
   def __call__(self, x, y, train: bool):
-    h = upsample_2x(nn.relu(self.cbn(name='cbn1')(x, y, train)))
-    h = self.conv(self.features, name='conv1')(h)
+    h = nn.relu(self.cbn(name='cbn1')(x, y, train))
+    h = self.conv(self.features, resample='up', name='conv1')(h)
     h = nn.relu(self.cbn(name='cbn2')(h, y, train))
     h = self.conv(self.features, name='conv2')(h)
-    return h + self.conv(self.features, kernel_size=1, name='shortcut')(upsample_2x(x))
+    return h + upsample_2x(self.conv(self.features, kernel_size=1, name='shortcut')(x))
 
 
 class DBlock(nn.Module):
@@ -90,10 +87,9 @@ class DBlock(nn.Module):
   def __call__(self, x):
     h = nn.relu(x) if self.preactivation else x
     h = self.conv(self.features, name='conv1')(h)
-    h = self.conv(self.features, name='conv2')(nn.relu(h))
-    shortcut = x
-    if self.downsample:
-      h, shortcut = avg_pool_2x2(h), avg_pool_2x2(shortcut)
+    resample = 'down' if self.downsample else ''
+    h = self.conv(self.features, resample=resample, name='conv2')(nn.relu(h))
+    shortcut = avg_pool_2x2(x) if self.downsample else x
     if self.downsample or x.shape[-1] != self.features:
       shortcut = self.conv(self.features, kernel_size=1, name='shortcut')(shortcut)
     return h + shortcut
@@ -107,6 +103,7 @@ class _Network(nn.Module):
   attention_resolution: int = 64  # 0: no attention
   attention: str = 'sagan'
   attention_impl: str = 'xla'  # 'xla' or 'cudnn'
+  fused_resampling: bool = False  # SNConv's `fused`
   initializer: str = 'xavier'
   sn_steps: int = 1
   sn_eps: float = 1e-12
@@ -122,7 +119,8 @@ class Generator(_Network):
   def __call__(self, z, y, train: bool):
     widths = [self.ch * m for m in ARCHITECTURES[self.image_size][0]]
     sn = dict(n_steps=self.sn_steps, eps=self.sn_eps, dtype=self.dtype)
-    conv = functools.partial(SNConv, kernel_init=INITIALIZERS[self.initializer], **sn)
+    conv = functools.partial(SNConv, kernel_init=INITIALIZERS[self.initializer],
+                             fused=self.fused_resampling, **sn)
     cbn = functools.partial(ConditionalBatchNorm, self.num_classes, self.bn_momentum,
                             self.bn_eps, self.dtype)
     h = SNDense(4 * 4 * widths[0], kernel_init=INITIALIZERS[self.initializer], name='linear', **sn)(z)
@@ -144,7 +142,7 @@ class Discriminator(_Network):
   def __call__(self, x, y):
     sn = dict(n_steps=self.sn_steps, eps=self.sn_eps, dtype=self.dtype)
     init = INITIALIZERS[self.initializer]
-    conv = functools.partial(SNConv, kernel_init=init, **sn)
+    conv = functools.partial(SNConv, kernel_init=init, fused=self.fused_resampling, **sn)
     h = x
     for i, (mult, down) in enumerate(ARCHITECTURES[self.image_size][1]):
       h = DBlock(self.ch * mult, conv, down, preactivation=i > 0, name=f'block{i + 1}')(h)
@@ -176,9 +174,18 @@ def attention_implementation(config, nvidia_gpu: bool) -> str:
   return 'cudnn' if nvidia_gpu and config.dtype == 'bfloat16' and fits else 'xla'
 
 
+def fused_resampling(config, backend: str) -> bool:
+  """Whether resampling convolutions are fused (`config.resampling`, 'auto'
+  resolved for `backend`): on the CPU, where benchmarks/ measured it."""
+  return config.resampling == 'fused' or (config.resampling == 'auto' and backend == 'cpu')
+
+
 def make_models(config) -> tuple[Generator, Discriminator]:
-  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu()),image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
+  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu()),
+                fused_resampling=fused_resampling(config, jax.default_backend()),
+                image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
-                attention=config.attention, initializer=config.init, sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
+                attention=config.attention, initializer=config.init,
+                sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
   return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),
           Discriminator(**common))

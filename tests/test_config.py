@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from sagan_jax.config import ConfigError, validate
-from sagan_jax.models import attention_implementation
+from sagan_jax.models import attention_implementation, fused_resampling
 from tiny_config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,6 +35,8 @@ def test_imagenet128_is_the_papers_setup():
     ('ch', 3, r'config.ch=3 .* multiples of 8'),
     ('ema_decay', 1.0, r'config.ema_decay=1.0 .* in \[0, 1\)'),
     ('attention_impl', 'cudnn', r"config.attention_impl='cudnn' .* needs an NVIDIA GPU"),
+    ('resampling', 'pixel_shuffle', r"config.resampling='pixel_shuffle' .* one of \('auto', 'fused', "
+                                    r"'separate'\)"),
     ('eval_intra_class', '3,10', r"config.eval_intra_class='3,10': class 10 is out of range; "
                                  r'this model has 10 classes, 0 to 9'),
     ('eval_num_samples', 19, r'config.eval_num_samples=19 .* at least 2 samples per class'),
@@ -83,3 +85,13 @@ def test_auto_attention_picks_cudnn_only_where_it_runs():
   assert attention_implementation(c, nvidia_gpu=True) == 'xla'
   c.ch, c.attention = 64, 'simple'  # values C = 128 and 64 wide: fit
   assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'
+
+
+def test_auto_resampling_is_fused_only_on_the_cpu():
+  c = load_config('imagenet128')
+  assert fused_resampling(c, 'cpu') and not fused_resampling(c, 'gpu')
+  assert not fused_resampling(c, 'tpu')
+  c.resampling = 'fused'
+  assert fused_resampling(c, 'gpu')
+  c.resampling = 'separate'
+  assert not fused_resampling(c, 'cpu')

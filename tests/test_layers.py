@@ -148,3 +148,49 @@ def test_cudnn_and_xla_attention_agree():
   grad = lambda block: jax.jit(jax.grad(lambda v: block.apply(v, x).astype(jnp.float32).sum()))(
       variables)['params']['theta']['kernel']
   np.testing.assert_allclose(grad(cudnn), grad(xla), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize('resample, size, stride', [('up', 8, 1), ('down', 16, 2)])
+def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size, stride):
+  """SNConv(fused) against the separate upsample + conv3x3 (conv3x3 + avg-pool): the
+  same outputs, input gradient and kernel gradient (the custom one of `valid_conv`)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  layers = [SNConv(7, resample=resample, fused=fused) for fused in (False, True)]
+  variables = layers[0].init(jax.random.PRNGKey(1), x)
+  out_size = size * 2 if resample == 'up' else size // 2
+  probe = jax.random.normal(jax.random.PRNGKey(2), (2, out_size, out_size, 7))
+  results = []
+  for layer in layers:
+    loss = lambda params, x: jnp.sum(layer.apply({**variables, 'params': params}, x) * probe)
+    y = layer.apply(variables, x)
+    assert y.shape == probe.shape
+    results.append((y, *jax.grad(loss, (0, 1))(variables['params'], x)))
+  (y0, p0, x0), (y1, p1, x1) = results
+  np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(x1, x0, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(p1['kernel'], p0['kernel'], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(p1['bias'], p0['bias'], rtol=1e-4, atol=1e-4)
+  # Below the size where fusing pays, the fused layer is the written one, exactly.
+  small = x[:, :4, :4] if resample == 'up' else x[:, :8, :8]
+  np.testing.assert_array_equal(layers[1].apply(variables, small), layers[0].apply(variables, small))
+
+
+def test_valid_conv_kernel_gradient_sums_over_devices_under_shard_map():
+  """A kernel shared by the devices of a shard_map gets the sum of their gradients, as
+  with XLA's convolution (what bn_per_device's G step relies on)."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from sagan_jax.layers import _conv, valid_conv
+  from sagan_jax.mesh import make_mesh
+  mesh = make_mesh()
+  x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (8, 6, 6, 3)),
+                     NamedSharding(mesh, P('data')))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 5))
+
+  def grad(conv):
+    per_device = lambda x, k: jnp.sum(conv(x, k) ** 2, keepdims=True)
+    loss = lambda k: jnp.sum(jax.shard_map(per_device, mesh=mesh, in_specs=(P('data'), P()),
+                                           out_specs=P('data'))(x, k))
+    return jax.jit(jax.grad(loss))(kernel)
+
+  np.testing.assert_allclose(grad(lambda x, k: valid_conv(x, k, 2)),
+                             grad(lambda x, k: _conv(x, k, 'VALID', 2)), rtol=1e-5, atol=1e-5)
