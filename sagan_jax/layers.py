@@ -117,9 +117,11 @@ class SNConv(_SNLayer):
     k = self.kernel_size
     shape = (k, k, x.shape[-1], self.features)
     x = x.astype(self.dtype)
-    if self.fused and self.resample == 'up' and x.shape[1] >= FUSED_MIN_SIZE:
+    low = x.shape[1] if self.resample == 'up' else x.shape[1] // 2  # the low resolution
+    fuse = self.fused and k == 3 and low >= FUSED_MIN_SIZE
+    if fuse and self.resample == 'up':
       y = upsample_conv(x, self.kernel(shape, upsample_conv_kernel))
-    elif self.fused and self.resample == 'down' and x.shape[1] // 2 >= FUSED_MIN_SIZE:
+    elif fuse and self.resample == 'down':
       y = valid_conv(_pad1(x), self.kernel(shape, conv_avg_pool_kernel), 2)
     else:
       y = _conv(upsample_2x(x) if self.resample == 'up' else x, self.kernel(shape), 'SAME')
@@ -137,7 +139,7 @@ def valid_conv(x, kernel, stride: int):
   """An unpadded convolution whose kernel gradient is one matmul per tap (the
   windows of x against the output gradient), contracted over batch and pixels.
   For the fused 2x2 and 4x4 stride-2 kernels XLA's CPU weight-gradient
-  convolution is 1.4-2.5x slower than that (BENCHMARKS.md, issue 17)."""
+  convolution is 1.3-2.6x slower than that (BENCHMARKS.md, issue 17)."""
   return _conv(x, kernel, 'VALID', stride)
 
 
