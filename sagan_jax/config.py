@@ -35,8 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on GPU with bf16, else XLA),
   #   'xla' or 'cudnn'
   c.resampling = 'auto'  # G's upsample + conv3x3 and D's conv3x3 + avg-pool: 'fused' (one
-  #   convolution at the low resolution, 4/9 of the multiply-adds), 'separate' (as
-  #   written), 'auto' (fused on the CPU, where it was measured faster)
+  #   convolution at the low resolution, 4/9 of the multiply-adds; and gradients of wide,
+  #   low-resolution convolutions as one matmul per tap), 'separate' (as written), 'auto'
+  #   (fused on the CPU, where it was measured faster)
   c.init = 'xavier'  # 'xavier' (authors' code) or 'orthogonal' (BigGAN)
   c.sn_power_iterations = 1  # power iterations per update of spectral norm's u
   c.sn_eps = 1e-12

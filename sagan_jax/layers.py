@@ -106,7 +106,9 @@ class SNConv(_SNLayer):
   same 3x3 weights (`upsample_conv`, `conv_avg_pool_kernel`): the same linear
   map, up to float rounding, in 4/9 of the multiply-adds. Where the low
   resolution is under FUSED_MIN_SIZE the work in the kernel (16 or 4 x 4 taps
-  against 9) outweighs that saving, and the layer stays as written.
+  against 9) outweighs that saving, and the layer stays as written. `fused` (the
+  CPU's forms of the layer) also sends a `kernel_bound` 3x3 convolution through
+  `valid_conv`, for its gradients.
   """
   kernel_size: int = 3
   resample: str = ''  # '', 'up' or 'down'
@@ -124,7 +126,11 @@ class SNConv(_SNLayer):
     elif fuse and self.resample == 'down':
       y = valid_conv(_pad1(x), self.kernel(shape, conv_avg_pool_kernel), 2)
     else:
-      y = _conv(upsample_2x(x) if self.resample == 'up' else x, self.kernel(shape), 'SAME')
+      x = upsample_2x(x) if self.resample == 'up' else x
+      if self.fused and k == 3 and kernel_bound(shape, x.shape):
+        y = valid_conv(_pad1(x), self.kernel(shape), 1)  # its gradients are the faster
+      else:
+        y = _conv(x, self.kernel(shape), 'SAME')
       y = avg_pool_2x2(y) if self.resample == 'down' else y
     return self.add_bias(y)
 
@@ -134,12 +140,24 @@ def _conv(x, kernel, padding, stride=1):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def kernel_bound(kernel_shape, out_shape) -> bool:
+  """Whether a convolution's kernel [kh, kw, I, O] outweighs its output [B, H, W, O]
+  (taps x I > B x H x W): wide layers at low resolution, where the kernel-sized work
+  of XLA's gradients (a flipped, transposed copy of the kernel for the input gradient:
+  110 ms for a [3, 3, 1024, 1024] one on the CPU) costs more than the arithmetic."""
+  return kernel_shape[0] * kernel_shape[1] * kernel_shape[2] > (
+      out_shape[0] * out_shape[1] * out_shape[2])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def valid_conv(x, kernel, stride: int):
-  """An unpadded convolution whose kernel gradient is one matmul per tap (the
-  windows of x against the output gradient), contracted over batch and pixels.
-  For the fused 2x2 and 4x4 stride-2 kernels XLA's CPU weight-gradient
-  convolution is 1.3-2.6x slower than that (BENCHMARKS.md, issue 17)."""
+  """An unpadded convolution with the CPU's faster gradients (BENCHMARKS.md, issue 17):
+  - the kernel gradient as matmuls of the windows of x (one per tap) against the output
+    gradient, contracted over batch and pixels; for the fused 2x2 and 4x4 stride-2
+    kernels XLA's weight-gradient convolution is 1.3-2.6x slower. A 3x3 kernel that
+    is not `kernel_bound` keeps XLA's, the faster there;
+  - where `kernel_bound`, the input gradient as one matmul per tap too, against the
+    kernel as it is: no transposed copy of it."""
   return _conv(x, kernel, 'VALID', stride)
 
 
@@ -149,18 +167,33 @@ def _valid_conv_fwd(x, kernel, stride):
 
 def _valid_conv_bwd(stride, residuals, dy):
   x, kernel = residuals
-  dx = jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0]
+  kh, kw = kernel.shape[:2]
   ho, wo = dy.shape[1:3]
+  by_taps = kernel_bound(kernel.shape, dy.shape)
+  if by_taps:  # output pixel (i, j) saw x[stride i + t, stride j + s] through tap (t, s)
+    place = lambda t, n, size: (t, size - t - stride * (n - 1) - 1, stride - 1)  # lax.pad's
+    dx = sum(jax.lax.pad(jnp.einsum('bhwo,io->bhwi', dy, kernel[t, s]), jnp.zeros((), dy.dtype),
+                         [(0, 0, 0), place(t, ho, x.shape[1]), place(s, wo, x.shape[2]), (0, 0, 0)])
+             for t in range(kh) for s in range(kw))
+  else:
+    dx = jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0]
   window = lambda t, s: x[:, t:t + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
-  dk = jnp.stack([jnp.stack([
-      jnp.einsum('bhwi,bhwo->io', window(t, s), dy, preferred_element_type=jnp.float32)
-      for s in range(kernel.shape[1])]) for t in range(kernel.shape[0])])
+  windows = [window(t, s) for t in range(kh) for s in range(kw)]
+  f32 = dict(preferred_element_type=jnp.float32)
+  if by_taps:  # one matmul of all the windows side by side (few pixels, many channels)
+    dk = jnp.einsum('bhwc,bhwo->co', jnp.concatenate(windows, -1), dy, **f32)
+  elif (kh, kw) != (3, 3):  # one matmul per tap, each [O, I]: XLA copies each window
+    #   then without transposing it, 1.1-1.7x faster than as [I, O]
+    dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **f32) for w in windows]).transpose(0, 2, 1)
+  else:
+    dk = jax.vjp(lambda k: _conv(x, k, 'VALID', stride), kernel)[1](dy)[0]
+  dk = dk.reshape(kernel.shape)
   # Under shard_map (bn_per_device) a kernel shared by the devices gets the sum of theirs,
   # as JAX's own rule gives it.
   shared = _varying(dk) - _varying(kernel)
   if shared:
     dk = jax.lax.psum(dk, tuple(sorted(shared)))
-  return dx, dk.astype(kernel.dtype)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 def _varying(x) -> frozenset:

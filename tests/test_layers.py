@@ -175,6 +175,39 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
   np.testing.assert_array_equal(layers[1].apply(variables, small), layers[0].apply(variables, small))
 
 
+@pytest.mark.parametrize('x_shape,kernel_size,stride,by_taps', [
+    ((2, 6, 6, 64), 3, 1, True),  # wide at low resolution: both gradients by taps
+    ((2, 10, 10, 16), 4, 2, True),  # D's fused 4x4 stride 2, kernel-bound
+    ((2, 9, 9, 3), 2, 1, False),  # G's fused 2x2: kernel gradient by taps, XLA's dx
+    ((4, 18, 18, 2), 3, 1, False)])  # XLA's gradients
+def test_valid_conv_gradients_are_xlas(x_shape, kernel_size, stride, by_taps):
+  """valid_conv's own gradients (per tap where `kernel_bound`) equal XLA's."""
+  from sagan_jax.layers import _conv, kernel_bound, valid_conv
+  x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, x_shape[-1], 8))
+  out = jax.eval_shape(lambda: _conv(x, kernel, 'VALID', stride))
+  assert kernel_bound(kernel.shape, out.shape) == by_taps
+  probe = jax.random.normal(jax.random.PRNGKey(2), out.shape)
+  grads = [jax.grad(lambda x, k: jnp.sum(conv(x, k) * probe), (0, 1))(x, kernel)
+           for conv in (lambda x, k: valid_conv(x, k, stride),
+                        lambda x, k: _conv(x, k, 'VALID', stride))]
+  for ours, xlas in zip(*grads):
+    np.testing.assert_allclose(ours, xlas, rtol=1e-4, atol=1e-4 * float(jnp.abs(xlas).max()))
+
+
+def test_kernel_bound_conv_through_valid_conv_is_the_written_layer():
+  """A wide 3x3 SNConv at 4x4 with `fused` (valid_conv on the padded input) is the
+  plain SAME convolution: outputs and both gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 32))
+  layers = [SNConv(16, fused=fused) for fused in (False, True)]
+  variables = layers[0].init(jax.random.PRNGKey(1), x)
+  results = [(layer.apply(variables, x), *jax.grad(
+      lambda p, x: jnp.sum(layer.apply({**variables, 'params': p}, x) ** 2), (0, 1))(
+          variables['params'], x)) for layer in layers]
+  for ours, written in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
+    np.testing.assert_allclose(ours, written, rtol=1e-4, atol=1e-4 * float(jnp.abs(written).max()))
+
+
 def test_valid_conv_kernel_gradient_sums_over_devices_under_shard_map():
   """A kernel shared by the devices of a shard_map gets the sum of their gradients, as
   with XLA's convolution (what bn_per_device's G step relies on)."""
