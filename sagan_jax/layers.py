@@ -108,7 +108,7 @@ class SNConv(_SNLayer):
   resolution is under FUSED_MIN_SIZE the work in the kernel (16 or 4 x 4 taps
   against 9) outweighs that saving, and the layer stays as written. `fused` (the
   CPU's forms of the layer) also sends a `kernel_bound` 3x3 convolution through
-  `valid_conv`, for its gradients.
+  `valid_conv`, whose forms are the faster there.
   """
   kernel_size: int = 3
   resample: str = ''  # '', 'up' or 'down'
@@ -128,7 +128,7 @@ class SNConv(_SNLayer):
     else:
       x = upsample_2x(x) if self.resample == 'up' else x
       if self.fused and k == 3 and kernel_bound(shape, x.shape):
-        y = valid_conv(_pad1(x), self.kernel(shape), 1)  # its gradients are the faster
+        y = valid_conv(_pad1(x), self.kernel(shape), 1)  # the faster forms there
       else:
         y = _conv(x, self.kernel(shape), 'SAME')
       y = avg_pool_2x2(y) if self.resample == 'down' else y
@@ -151,42 +151,55 @@ def kernel_bound(kernel_shape, out_shape) -> bool:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def valid_conv(x, kernel, stride: int):
-  """An unpadded convolution with the CPU's faster gradients (BENCHMARKS.md, issue 17):
-  - the kernel gradient as matmuls of the windows of x (one per tap) against the output
-    gradient, contracted over batch and pixels; for the fused 2x2 and 4x4 stride-2
-    kernels XLA's weight-gradient convolution is 1.3-2.6x slower. A 3x3 kernel that
-    is not `kernel_bound` keeps XLA's, the faster there;
-  - where `kernel_bound`, the input gradient as one matmul per tap too, against the
-    kernel as it is: no transposed copy of it."""
-  return _conv(x, kernel, 'VALID', stride)
+  """An unpadded convolution in the forms that are faster on the CPU (BENCHMARKS.md,
+  issue 17). Where the kernel outweighs the output (`kernel_bound`: the wide layers at
+  low resolution):
+  - the output is one matmul of the windows of x side by side (im2col), 1.3-2.5x
+    faster than XLA's convolution there; the kernel gradient is that matmul's;
+  - the input gradient is one matmul per tap against the kernel as it is, where XLA's
+    first copies the kernel flipped and transposed.
+  Elsewhere the convolution and its input gradient are XLA's, and the kernel gradient
+  is one [O, I] matmul per tap for the fused 2x2 and 4x4 stride-2 kernels (XLA's is
+  1.3-2.6x slower for them) and XLA's for 3x3 kernels (the faster there)."""
+  return _valid_conv_fwd(x, kernel, stride)[0]
+
+
+def _windows(x, kernel_shape, out_shape, stride):
+  """x's window under each tap (t, s) of the kernel, in tap order: [B, Ho, Wo, I] each."""
+  ho, wo = out_shape[1:3]
+  return [x[:, t:t + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
+          for t in range(kernel_shape[0]) for s in range(kernel_shape[1])]
 
 
 def _valid_conv_fwd(x, kernel, stride):
-  return _conv(x, kernel, 'VALID', stride), (x, kernel)
+  kh, kw = kernel.shape[:2]
+  out_shape = (x.shape[0], (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1)
+  if not kernel_bound(kernel.shape, out_shape):
+    return _conv(x, kernel, 'VALID', stride), (x, kernel, None)
+  cols = jnp.concatenate(_windows(x, kernel.shape, out_shape, stride), -1)  # [B, Ho, Wo, taps I]
+  return jnp.einsum('bhwc,co->bhwo', cols, kernel.reshape(-1, kernel.shape[-1])), (x, kernel, cols)
 
 
 def _valid_conv_bwd(stride, residuals, dy):
-  x, kernel = residuals
+  x, kernel, cols = residuals
   kh, kw = kernel.shape[:2]
   ho, wo = dy.shape[1:3]
-  by_taps = kernel_bound(kernel.shape, dy.shape)
-  if by_taps:  # output pixel (i, j) saw x[stride i + t, stride j + s] through tap (t, s)
+  f32 = dict(preferred_element_type=jnp.float32)
+  if cols is not None:  # kernel-bound. Output pixel (i, j) saw x[stride i + t, stride j + s]
+    #   through tap (t, s): dy W[t, s]^T goes back there.
     place = lambda t, n, size: (t, size - t - stride * (n - 1) - 1, stride - 1)  # lax.pad's
     dx = sum(jax.lax.pad(jnp.einsum('bhwo,io->bhwi', dy, kernel[t, s]), jnp.zeros((), dy.dtype),
                          [(0, 0, 0), place(t, ho, x.shape[1]), place(s, wo, x.shape[2]), (0, 0, 0)])
              for t in range(kh) for s in range(kw))
+    dk = jnp.einsum('bhwc,bhwo->co', cols, dy, **f32)
   else:
     dx = jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0]
-  window = lambda t, s: x[:, t:t + stride * (ho - 1) + 1:stride, s:s + stride * (wo - 1) + 1:stride]
-  windows = [window(t, s) for t in range(kh) for s in range(kw)]
-  f32 = dict(preferred_element_type=jnp.float32)
-  if by_taps:  # one matmul of all the windows side by side (few pixels, many channels)
-    dk = jnp.einsum('bhwc,bhwo->co', jnp.concatenate(windows, -1), dy, **f32)
-  elif (kh, kw) != (3, 3):  # one matmul per tap, each [O, I]: XLA copies each window
-    #   then without transposing it, 1.1-1.7x faster than as [I, O]
-    dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **f32) for w in windows]).transpose(0, 2, 1)
-  else:
-    dk = jax.vjp(lambda k: _conv(x, k, 'VALID', stride), kernel)[1](dy)[0]
+    if (kh, kw) != (3, 3):  # each tap's [O, I]: XLA then copies each window without
+      #   transposing it, 1.1-1.7x faster than as [I, O]
+      dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **f32)
+                      for w in _windows(x, kernel.shape, dy.shape, stride)]).transpose(0, 2, 1)
+    else:
+      dk = jax.vjp(lambda k: _conv(x, k, 'VALID', stride), kernel)[1](dy)[0]
   dk = dk.reshape(kernel.shape)
   # Under shard_map (bn_per_device) a kernel shared by the devices gets the sum of theirs,
   # as JAX's own rule gives it.

@@ -176,17 +176,20 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
 
 
 @pytest.mark.parametrize('x_shape,kernel_size,stride,by_taps', [
-    ((2, 6, 6, 64), 3, 1, True),  # wide at low resolution: both gradients by taps
+    ((2, 6, 6, 64), 3, 1, True),  # wide at low resolution: im2col, dx by taps
     ((2, 10, 10, 16), 4, 2, True),  # D's fused 4x4 stride 2, kernel-bound
     ((2, 9, 9, 3), 2, 1, False),  # G's fused 2x2: kernel gradient by taps, XLA's dx
     ((4, 18, 18, 2), 3, 1, False)])  # XLA's gradients
-def test_valid_conv_gradients_are_xlas(x_shape, kernel_size, stride, by_taps):
-  """valid_conv's own gradients (per tap where `kernel_bound`) equal XLA's."""
+def test_valid_conv_is_xlas_convolution_and_gradients(x_shape, kernel_size, stride, by_taps):
+  """valid_conv's own forms (im2col and per tap where `kernel_bound`) compute XLA's
+  convolution and its gradients."""
   from sagan_jax.layers import _conv, kernel_bound, valid_conv
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, x_shape[-1], 8))
   out = jax.eval_shape(lambda: _conv(x, kernel, 'VALID', stride))
   assert kernel_bound(kernel.shape, out.shape) == by_taps
+  np.testing.assert_allclose(valid_conv(x, kernel, stride), _conv(x, kernel, 'VALID', stride),
+                             rtol=1e-4, atol=1e-4)
   probe = jax.random.normal(jax.random.PRNGKey(2), out.shape)
   grads = [jax.grad(lambda x, k: jnp.sum(conv(x, k) * probe), (0, 1))(x, kernel)
            for conv in (lambda x, k: valid_conv(x, k, stride),
