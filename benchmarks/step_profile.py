@@ -53,10 +53,11 @@ def category(name: str, instructions: dict, bodies: dict) -> str:
       return 'convolution, weight gradients'
     return f'convolution, {where or "other"}'
   if ' dot(' in body or ' dot(' in line:
-    if backward and re.search(r'/(conv1|conv2|conv_out|shortcut)/', op_name):
-      # valid_conv's gradients, one dot per tap: the kernel's, or the input's
-      return f'convolution, {where}' if 'bhwo,io->bhwi' in op_name else (
-          'convolution, weight gradients')
+    if re.search(r'/(conv1|conv2|conv_out|shortcut)/', op_name):  # valid_conv's matmuls:
+      #   im2col forward, per-tap input gradient, kernel gradient
+      if backward and 'bhwo,io->bhwi' not in op_name:
+        return 'convolution, weight gradients'
+      return f'convolution, {where}'
     if '/attention/' in op_name and not re.search(r'/(theta|phi|g|o)/', op_name):
       return f'attention matmuls, {where}'
     if re.search(r'/(theta|phi|g|o|linear|embed)/', op_name) and (
