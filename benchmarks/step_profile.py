@@ -53,11 +53,10 @@ def category(name: str, instructions: dict, bodies: dict) -> str:
       return 'convolution, weight gradients'
     return f'convolution, {where or "other"}'
   if ' dot(' in body or ' dot(' in line:
-    if re.search(r'/(conv1|conv2|conv_out|shortcut)/', op_name):  # valid_conv's matmuls:
-      #   im2col forward, per-tap input gradient, kernel gradient
-      if backward and 'bhwo,io->bhwi' not in op_name:
-        return 'convolution, weight gradients'
-      return f'convolution, {where}'
+    if re.search(r'/bhw[ci],c?o->bhwo|/bhwo,io->bhwi/', op_name):  # valid_conv's im2col
+      return f'convolution, {where}'  # forward, per-tap input gradient
+    if re.search(r'/bhw[ci],bhwo->[ci]o/|/bhwo,bhwi->oi/', op_name):
+      return 'convolution, weight gradients'  # valid_conv's, per tap or im2col
     if '/attention/' in op_name and not re.search(r'/(theta|phi|g|o)/', op_name):
       return f'attention matmuls, {where}'
     if re.search(r'/(theta|phi|g|o|linear|embed)/', op_name) and (
