@@ -13,7 +13,7 @@ from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_VARIANTS = ('sagan', 'simple')
-ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+ATTENTION_IMPLS = ('auto', 'xla', 'blocked', 'cudnn')
 RESAMPLINGS = ('auto', 'fused', 'separate')
 
 
@@ -32,8 +32,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.z_dim = 128
   c.attention_resolution = 16  # where G and D attend (0: nowhere)
   c.attention = 'sagan'  # 'sagan': authors' code (pooled keys/values); 'simple': paper text
-  c.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on GPU with bf16, else XLA),
-  #   'xla' or 'cudnn'
+  c.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on GPU with bf16, 'blocked' on
+  #   the CPU, else XLA), 'xla' (two einsums), 'blocked' (256 queries at a time) or 'cudnn'
   c.resampling = 'auto'  # G's upsample + conv3x3 and D's conv3x3 + avg-pool: 'fused' (one
   #   convolution at the low resolution, 4/9 of the multiply-adds; and gradients of wide,
   #   low-resolution convolutions as one matmul per tap), 'separate' (as written), 'auto'

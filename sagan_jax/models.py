@@ -102,7 +102,7 @@ class _Network(nn.Module):
   ch: int = 64
   attention_resolution: int = 64  # 0: no attention
   attention: str = 'sagan'
-  attention_impl: str = 'xla'  # 'xla' or 'cudnn'
+  attention_impl: str = 'xla'  # 'xla', 'blocked' or 'cudnn'
   fused_resampling: bool = False  # SNConv's `fused`
   initializer: str = 'xavier'
   sn_steps: int = 1
@@ -160,14 +160,16 @@ def on_nvidia_gpu() -> bool:
   return jax.default_backend() == 'gpu' and jax.devices()[0].device_kind.startswith('NVIDIA')
 
 
-def attention_implementation(config, nvidia_gpu: bool) -> str:
+def attention_implementation(config, nvidia_gpu: bool, cpu: bool = False) -> str:
   """The attention path for `config.attention_impl`, resolving 'auto': cuDNN
   where its flash kernel runs on every GPU generation (an NVIDIA GPU, bf16,
-  values at most 128 wide and a multiple of 8), else XLA."""
+  values at most 128 wide and a multiple of 8), 'blocked' on the CPU, else XLA."""
   if config.attention_impl != 'auto':
     return config.attention_impl
   if not config.attention_resolution:
     return 'xla'
+  if cpu:
+    return 'blocked'
   widths = attention_multipliers(config.image_size, config.attention_resolution)
   values = [m * config.ch // (2 if config.attention == 'sagan' else 1) for m in widths]
   fits = all(v <= 128 and v % 8 == 0 for v in values)
@@ -181,7 +183,8 @@ def fused_resampling(config, backend: str) -> bool:
 
 
 def make_models(config) -> tuple[Generator, Discriminator]:
-  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu()),
+  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu(),
+                                                      jax.default_backend() == 'cpu'),
                 fused_resampling=fused_resampling(config, jax.default_backend()),
                 image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,

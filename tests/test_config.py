@@ -73,12 +73,13 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override
   assert not os.path.exists(tmp_path / 'samples')  # failed before any work
 
 
-def test_auto_attention_picks_cudnn_only_where_it_runs():
+def test_auto_attention_picks_cudnn_only_where_it_runs_and_blocks_on_the_cpu():
   c = load_config('imagenet128')
   assert attention_implementation(c, nvidia_gpu=True) == 'xla'  # float32
   c.dtype = 'bfloat16'
   assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'  # values 64 (G), 32 (D) wide
   assert attention_implementation(c, nvidia_gpu=False) == 'xla'
+  assert attention_implementation(c, nvidia_gpu=False, cpu=True) == 'blocked'
   c.ch = 256  # G's values 512 wide: too wide for cuDNN before Hopper
   assert attention_implementation(c, nvidia_gpu=True) == 'xla'
   c.ch = 60  # values 120 and 60 wide: not multiples of 8

@@ -136,6 +136,24 @@ def test_padded_dot_product_attention_matches_plain_attention():
                              attention(theta, phi, g, 'xla'), rtol=1e-5, atol=1e-6)
 
 
+def test_blocked_attention_is_the_two_einsums_with_their_gradients():
+  """'blocked' (the CPU's): blocks of queries, each normalised after the values' matmul,
+  where the queries outnumber a block; the two einsums themselves below that."""
+  from sagan_jax.layers import QUERY_BLOCK
+  keys = jax.random.split(jax.random.PRNGKey(11), 4)
+  n = 4 * QUERY_BLOCK
+  theta = 3 * jax.random.normal(keys[0], (2, n, 4))  # peaked weights: the max matters
+  phi, g = jax.random.normal(keys[1], (2, n // 4, 4)), jax.random.normal(keys[2], (2, n // 4, 8))
+  probe = jax.random.normal(keys[3], (2, n, 8))
+  results = [jax.jit(jax.value_and_grad(
+      lambda t, p, v: jnp.sum(attention(t, p, v, impl) * probe), (0, 1, 2)))(theta, phi, g)
+             for impl in ('xla', 'blocked')]
+  for ours, xlas in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
+    np.testing.assert_allclose(ours, xlas, rtol=1e-4, atol=1e-4 * float(jnp.abs(xlas).max()))
+  few = theta[:, :QUERY_BLOCK]
+  np.testing.assert_array_equal(attention(few, phi, g, 'blocked'), attention(few, phi, g, 'xla'))
+
+
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN attention needs an NVIDIA GPU')
 def test_cudnn_and_xla_attention_agree():
   x = jax.random.normal(jax.random.PRNGKey(8), (4, 32, 32, 128), jnp.bfloat16)
@@ -150,15 +168,19 @@ def test_cudnn_and_xla_attention_agree():
   np.testing.assert_allclose(grad(cudnn), grad(xla), rtol=5e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize('resample, size, stride', [('up', 8, 1), ('down', 16, 2)])
-def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size, stride):
+@pytest.mark.parametrize('resample, size, width', [('up', 8, 5), ('down', 16, 5),
+                                                   ('up', 8, 64), ('down', 16, 64)])
+def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size, width):
   """SNConv(fused) against the separate upsample + conv3x3 (conv3x3 + avg-pool): the
-  same outputs, input gradient and kernel gradient (the custom one of `valid_conv`)."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, 5))
+  same outputs, input gradient and kernel gradient (the custom one of `valid_conv`).
+  At width 64 the kernel outweighs the output, and 1/sigma scales the output."""
+  from sagan_jax.layers import kernel_bound
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, width))
   layers = [SNConv(7, resample=resample, fused=fused) for fused in (False, True)]
   variables = layers[0].init(jax.random.PRNGKey(1), x)
   out_size = size * 2 if resample == 'up' else size // 2
   probe = jax.random.normal(jax.random.PRNGKey(2), (2, out_size, out_size, 7))
+  assert kernel_bound((3, 3, width, 7), probe.shape) == (width == 64)
   results = []
   for layer in layers:
     loss = lambda params, x: jnp.sum(layer.apply({**variables, 'params': params}, x) * probe)
@@ -170,9 +192,12 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
   np.testing.assert_allclose(x1, x0, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(p1['kernel'], p0['kernel'], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(p1['bias'], p0['bias'], rtol=1e-4, atol=1e-4)
-  # Below the size where fusing pays, the fused layer is the written one, exactly.
+  # Below the size where fusing pays, the fused layer is the written one: exactly where
+  # it is not kernel-bound (the test below covers the kernel-bound form).
   small = x[:, :4, :4] if resample == 'up' else x[:, :8, :8]
-  np.testing.assert_array_equal(layers[1].apply(variables, small), layers[0].apply(variables, small))
+  if width == 5:
+    np.testing.assert_array_equal(layers[1].apply(variables, small),
+                                  layers[0].apply(variables, small))
 
 
 @pytest.mark.parametrize('x_shape,kernel_size,stride,by_taps', [
