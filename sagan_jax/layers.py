@@ -212,7 +212,8 @@ def _valid_conv_bwd(stride, residuals, dy):
              for t in range(kh) for s in range(kw))
     dk = jnp.einsum('bhwc,bhwo->co', cols, dy, **f32)
   else:
-    dx = jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0]
+    dx = (_strided_input_grad(dy, kernel, stride, x.shape) if stride > 1 else
+          jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0])
     if (kh, kw) != (3, 3):  # each tap's [O, I]: XLA then copies each window without
       #   transposing it, 1.1-1.7x faster than as [I, O]
       dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **f32)
@@ -226,6 +227,25 @@ def _valid_conv_bwd(stride, residuals, dy):
   if shared:
     dk = jax.lax.psum(dk, tuple(sorted(shared)))
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _strided_input_grad(dy, kernel, stride, x_shape):
+  """The input gradient of a VALID convolution of stride s whose kernel is s taps a
+  multiple along each axis (the fused 4x4, stride 2), as one stride-1 convolution of
+  dy with the s x s output phases side by side, interleaved after. XLA's own (a
+  convolution of dy dilated by s) is 1.7-3.8x slower on the CPU (BENCHMARKS.md).
+  Along an axis, input row s m + a saw output rows m - u' through taps a + s u'
+  (u' < J = taps / s): with dy padded by J - 1, a J-tap convolution whose tap u
+  carries kernel tap a + s (J - 1 - u), transposed."""
+  s, (kh, kw, i, o) = stride, kernel.shape
+  j, l = kh // s, kw // s
+  dy = jnp.pad(dy, ((0, 0), (j - 1, j - 1), (l - 1, l - 1), (0, 0)))
+  w = kernel.reshape(j, s, l, s, i, o)[::-1, :, ::-1]  # [u, a, v, b, I, O]
+  dz = _conv(dy, w.transpose(0, 2, 5, 1, 3, 4).reshape(j, l, o, s * s * i), 'VALID')
+  b, h, w_, _ = dz.shape  # [B, H, W, (a, b, I)] -> [B, (H, a), (W, b), I]
+  dx = dz.reshape(b, h, w_, s, s, i).transpose(0, 1, 3, 2, 4, 5).reshape(b, s * h, s * w_, i)
+  # Rows past the last window (when (size - taps) is not a multiple of s) get nothing.
+  return jnp.pad(dx, ((0, 0), (0, x_shape[1] - s * h), (0, x_shape[2] - s * w_), (0, 0)))
 
 
 def _varying(x) -> frozenset:
@@ -357,22 +377,65 @@ def attention(theta, phi, g, implementation: str = 'xla'):
   return padded_dot_product_attention(theta, phi, g, implementation)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def blocked_attention(theta, phi, g, block: int):
-  """`attention` for `block` queries at a time (lax.map: one [B, block, M] array of
-  weights at a time, not [B, N, M]), each block's softmax normalised after its matmul
-  with the values (a division of [B, block, v], not of the weights): the CPU's form,
-  1.5-1.6x faster there than the two einsums at 64x64 (issue 17). N must be a multiple
-  of block."""
-  b, n, d = theta.shape
+  """`attention` for `block` queries at a time: the CPU's form (issue 17). Forward,
+  one [B, block, M] array of logits at a time (lax.map), not [B, N, M], each block's
+  softmax normalised after its matmul with the values (a division of [B, block, v],
+  not of the weights); it keeps only the output and each query's log-sum-exp, and the
+  backward recomputes a block's weights from them (as flash attention does) rather
+  than storing and reloading them all. Forward and backward at 64x64: 1.9-2.0x faster
+  on the CPU than the two einsums. N must be a multiple of block."""
+  return _blocked_attention_fwd(theta, phi, g, block)[0]
 
-  def one_block(queries):  # [B, block, d] -> [B, block, v]
-    logits = jnp.einsum('bnd,bmd->bnm', queries, phi, preferred_element_type=jnp.float32)
-    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
-    out = jnp.einsum('bnm,bmv->bnv', e.astype(g.dtype), g, preferred_element_type=jnp.float32)
-    return (out / e.sum(-1, keepdims=True)).astype(g.dtype)
 
-  blocks = theta.reshape(b, n // block, block, d).swapaxes(0, 1)  # [N / block, B, block, d]
-  return jax.lax.map(one_block, blocks).swapaxes(0, 1).reshape(b, n, -1)
+def _query_blocks(x, block):  # [B, N, ...] -> [N / block, B, block, ...]
+  return x.reshape(x.shape[0], -1, block, *x.shape[2:]).swapaxes(0, 1)
+
+
+def _from_query_blocks(x):  # the inverse
+  return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+_f32 = dict(preferred_element_type=jnp.float32)
+
+
+def _blocked_attention_fwd(theta, phi, g, block):
+  def one_block(queries):  # [B, block, d] -> [B, block, v], [B, block]
+    logits = jnp.einsum('bnd,bmd->bnm', queries, phi, **_f32)
+    top = logits.max(-1, keepdims=True)
+    e = jnp.exp(logits - top)
+    total = e.sum(-1, keepdims=True)
+    out = jnp.einsum('bnm,bmv->bnv', e.astype(g.dtype), g, **_f32) / total
+    return out.astype(g.dtype), (top + jnp.log(total))[..., 0]
+
+  out, log_sum_exp = map(_from_query_blocks, jax.lax.map(one_block, _query_blocks(theta, block)))
+  return out, (theta, phi, g, out, log_sum_exp)
+
+
+def _blocked_attention_bwd(block, residuals, d_out):
+  """With p = softmax(s) and out = p g: dg = p^T d_out; ds = p * (d_out g^T - delta),
+  delta = rowsum(d_out * out) (softmax's Jacobian); dtheta = ds phi, dphi = ds^T theta."""
+  theta, phi, g, out, log_sum_exp = residuals
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)  # [B, N]
+
+  def one_block(carry, xs):  # sums dphi and dg over the blocks; dtheta per block
+    d_phi, d_g = carry
+    queries, d_out, log_sum_exp, delta = xs
+    p = jnp.exp(jnp.einsum('bnd,bmd->bnm', queries, phi, **_f32) - log_sum_exp[..., None])
+    d_g = d_g + jnp.einsum('bnm,bnv->bmv', p, d_out, **_f32)
+    ds = p * (jnp.einsum('bnv,bmv->bnm', d_out, g, **_f32) - delta[..., None])
+    d_phi = d_phi + jnp.einsum('bnm,bnd->bmd', ds, queries, **_f32)
+    return (d_phi, d_g), jnp.einsum('bnm,bmd->bnd', ds, phi, **_f32)
+
+  zeros = (jnp.zeros(phi.shape, jnp.float32), jnp.zeros(g.shape, jnp.float32))
+  (d_phi, d_g), d_theta = jax.lax.scan(one_block, zeros, tuple(
+      _query_blocks(x, block) for x in (theta, d_out, log_sum_exp, delta)))
+  return (_from_query_blocks(d_theta).astype(theta.dtype), d_phi.astype(phi.dtype),
+          d_g.astype(g.dtype))
+
+
+blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
 
 
 def attention_weights(theta, phi):

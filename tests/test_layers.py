@@ -138,16 +138,23 @@ def test_padded_dot_product_attention_matches_plain_attention():
 
 def test_blocked_attention_is_the_two_einsums_with_their_gradients():
   """'blocked' (the CPU's): blocks of queries, each normalised after the values' matmul,
-  where the queries outnumber a block; the two einsums themselves below that."""
+  its own backward, where the queries outnumber a block; the two einsums themselves below
+  that. The blocked form also with the batch split over the devices, as in training."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from sagan_jax.layers import QUERY_BLOCK
+  from sagan_jax.mesh import make_mesh
   keys = jax.random.split(jax.random.PRNGKey(11), 4)
-  n = 4 * QUERY_BLOCK
-  theta = 3 * jax.random.normal(keys[0], (2, n, 4))  # peaked weights: the max matters
-  phi, g = jax.random.normal(keys[1], (2, n // 4, 4)), jax.random.normal(keys[2], (2, n // 4, 8))
-  probe = jax.random.normal(keys[3], (2, n, 8))
+  n, b = 4 * QUERY_BLOCK, jax.device_count()
+  theta = 3 * jax.random.normal(keys[0], (b, n, 4))  # peaked weights: the max matters
+  phi, g = jax.random.normal(keys[1], (b, n // 4, 4)), jax.random.normal(keys[2], (b, n // 4, 8))
+  probe = jax.random.normal(keys[3], (b, n, 8))
+  split = lambda x: jax.device_put(x, NamedSharding(make_mesh(), P('data')))
   results = [jax.jit(jax.value_and_grad(
-      lambda t, p, v: jnp.sum(attention(t, p, v, impl) * probe), (0, 1, 2)))(theta, phi, g)
-             for impl in ('xla', 'blocked')]
+      lambda t, p, v: jnp.sum(attention(t, p, v, impl) * probe), (0, 1, 2)))(*args)
+             for impl, args in (('xla', (theta, phi, g)), ('blocked', (theta, phi, g)),
+                                ('blocked', map(split, (theta, phi, g))))]
+  for ours, xlas in zip(jax.tree.leaves(results[2]), jax.tree.leaves(results[0])):
+    np.testing.assert_allclose(ours, xlas, rtol=1e-4, atol=1e-4 * float(jnp.abs(xlas).max()))
   for ours, xlas in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
     np.testing.assert_allclose(ours, xlas, rtol=1e-4, atol=1e-4 * float(jnp.abs(xlas).max()))
   few = theta[:, :QUERY_BLOCK]
@@ -204,6 +211,8 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
     ((2, 6, 6, 64), 3, 1, True),  # wide at low resolution: im2col, dx by taps
     ((2, 10, 10, 16), 4, 2, True),  # D's fused 4x4 stride 2, kernel-bound
     ((2, 9, 9, 3), 2, 1, False),  # G's fused 2x2: kernel gradient by taps, XLA's dx
+    ((2, 18, 18, 3), 4, 2, False),  # D's fused 4x4 stride 2: dx by output phases
+    ((4, 11, 11, 3), 4, 2, False),  # the same with a last row no window reaches
     ((4, 18, 18, 2), 3, 1, False)])  # XLA's gradients
 def test_valid_conv_is_xlas_convolution_and_gradients(x_shape, kernel_size, stride, by_taps):
   """valid_conv's own forms (im2col and per tap where `kernel_bound`) compute XLA's
