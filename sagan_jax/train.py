@@ -43,9 +43,12 @@ def sigma_summary(state: TrainState) -> dict[str, jax.Array]:
 
 # The update
 
-def all_finite(loss, grads) -> jax.Array:
-  return jnp.isfinite(loss) & jnp.all(jnp.stack(
-      [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))
+def finite_and_norm(loss, grads) -> tuple[jax.Array, jax.Array]:
+  """Whether the loss and the gradients are all finite, and the gradients' global norm,
+  from one pass over the gradients: a NaN or infinity anywhere makes the norm one (so
+  does a gradient beyond 1e19, which would overflow its square: a divergence too)."""
+  norm = optax.tree.norm(grads)
+  return jnp.isfinite(loss) & jnp.isfinite(norm), norm
 
 
 class Update:
@@ -152,8 +155,9 @@ class Update:
     updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                           d_opt_state=opt_state, d_spectral=spectral)
+    finite, norm = finite_and_norm(loss, grads)
     return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
-                   'd_grad_norm': optax.tree.norm(grads), 'finite': all_finite(loss, grads)}
+                   'd_grad_norm': norm, 'finite': finite}
 
   def g_step(self, state, key):
     """One G update through the (fixed) D; G's u and BN averages advance once."""
@@ -169,14 +173,15 @@ class Update:
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
     updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
     params = optax.apply_updates(state.g_params, updates)
-    # ema <- decay * ema + (1 - decay) * params, from ema_start_step on; a copy before.
-    averaged = optax.incremental_update(params, state.ema_params, 1.0 - c.ema_decay)
+    # ema <- decay * ema + (1 - decay) * params from ema_start_step on, a copy before
+    # (weights 0 and 1: one pass over the parameters, not an average and a select).
     use_ema = state.step >= c.ema_start_step
-    ema = jax.tree.map(lambda a, p: jnp.where(use_ema, a, p), averaged, params)
+    old_w, new_w = jnp.where(use_ema, c.ema_decay, 0.0), jnp.where(use_ema, 1.0 - c.ema_decay, 1.0)
+    ema = jax.tree.map(lambda e, p: old_w * e + new_w * p, state.ema_params, params)
     state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
                           g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
-    return state, {'g_loss': loss, 'g_grad_norm': optax.tree.norm(grads),
-                   'finite': all_finite(loss, grads)}
+    finite, norm = finite_and_norm(loss, grads)
+    return state, {'g_loss': loss, 'g_grad_norm': norm, 'finite': finite}
 
 
 # Training loop
