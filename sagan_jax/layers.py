@@ -384,8 +384,8 @@ def blocked_attention(theta, phi, g, block: int):
   softmax normalised after its matmul with the values (a division of [B, block, v],
   not of the weights); it keeps only the output and each query's log-sum-exp, and the
   backward recomputes a block's weights from them (as flash attention does) rather
-  than storing and reloading them all. Forward and backward at 64x64: 1.9-2.0x faster
-  on the CPU than the two einsums. N must be a multiple of block."""
+  than storing and reloading them all. Forward and backward at 64x64: 1.7-2.1x faster
+  on the CPU than the two einsums (BENCHMARKS.md). N must be a multiple of block."""
   return _blocked_attention_fwd(theta, phi, g, block)[0]
 
 
