@@ -233,7 +233,7 @@ def _strided_input_grad(dy, kernel, stride, x_shape):
   """The input gradient of a VALID convolution of stride s whose kernel is s taps a
   multiple along each axis (the fused 4x4, stride 2), as one stride-1 convolution of
   dy with the s x s output phases side by side, interleaved after. XLA's own (a
-  convolution of dy dilated by s) is 1.7-3.8x slower on the CPU (BENCHMARKS.md).
+  convolution of dy dilated by s) is 1.2-4.4x slower on the CPU (BENCHMARKS.md).
   Along an axis, input row s m + a saw output rows m - u' through taps a + s u'
   (u' < J = taps / s): with dy padded by J - 1, a J-tap convolution whose tap u
   carries kernel tap a + s (J - 1 - u), transposed."""
