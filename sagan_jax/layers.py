@@ -103,6 +103,7 @@ class _SNLayer(nn.Module):
     return y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
+_f32 = dict(preferred_element_type=jnp.float32)  # matmuls that accumulate in float32
 FUSED_MIN_SIZE = 8  # measured in BENCHMARKS.md (issue 17): slower at 4x4, faster from 8x8
 
 
@@ -203,20 +204,19 @@ def _valid_conv_bwd(stride, residuals, dy):
   x, kernel, cols = residuals
   kh, kw = kernel.shape[:2]
   ho, wo = dy.shape[1:3]
-  f32 = dict(preferred_element_type=jnp.float32)
   if cols is not None:  # kernel-bound. Output pixel (i, j) saw x[stride i + t, stride j + s]
     #   through tap (t, s): dy W[t, s]^T goes back there.
     place = lambda t, n, size: (t, size - t - stride * (n - 1) - 1, stride - 1)  # lax.pad's
     dx = sum(jax.lax.pad(jnp.einsum('bhwo,io->bhwi', dy, kernel[t, s]), jnp.zeros((), dy.dtype),
                          [(0, 0, 0), place(t, ho, x.shape[1]), place(s, wo, x.shape[2]), (0, 0, 0)])
              for t in range(kh) for s in range(kw))
-    dk = jnp.einsum('bhwc,bhwo->co', cols, dy, **f32)
+    dk = jnp.einsum('bhwc,bhwo->co', cols, dy, **_f32)
   else:
     dx = (_strided_input_grad(dy, kernel, stride, x.shape) if stride > 1 else
           jax.vjp(lambda x: _conv(x, kernel, 'VALID', stride), x)[1](dy)[0])
     if (kh, kw) != (3, 3):  # each tap's [O, I]: XLA then copies each window without
       #   transposing it, 1.1-1.7x faster than as [I, O]
-      dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **f32)
+      dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **_f32)
                       for w in _windows(x, kernel.shape, dy.shape, stride)]).transpose(0, 2, 1)
     else:
       dk = jax.vjp(lambda k: _conv(x, k, 'VALID', stride), kernel)[1](dy)[0]
@@ -396,8 +396,6 @@ def _query_blocks(x, block):  # [B, N, ...] -> [N / block, B, block, ...]
 def _from_query_blocks(x):  # the inverse
   return x.swapaxes(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
 
-
-_f32 = dict(preferred_element_type=jnp.float32)
 
 
 def _blocked_attention_fwd(theta, phi, g, block):
