@@ -141,7 +141,7 @@ def test_blocked_attention_is_the_two_einsums_with_their_gradients():
   its own backward, where the queries outnumber a block; the two einsums themselves below
   that. The blocked form also with the batch split over the devices, as in training."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from sagan_jax.layers import QUERY_BLOCK
+  from sagan_jax.cpu_kernels import QUERY_BLOCK
   from sagan_jax.mesh import make_mesh
   keys = jax.random.split(jax.random.PRNGKey(11), 4)
   n, b = 4 * QUERY_BLOCK, jax.device_count()
@@ -181,7 +181,7 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
   """SNConv(fused) against the separate upsample + conv3x3 (conv3x3 + avg-pool): the
   same outputs, input gradient and kernel gradient (the custom one of `valid_conv`).
   At width 64 the kernel outweighs the output, and 1/sigma scales the output."""
-  from sagan_jax.layers import kernel_bound
+  from sagan_jax.cpu_kernels import kernel_bound
   x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, width))
   layers = [SNConv(7, resample=resample, fused=fused) for fused in (False, True)]
   variables = layers[0].init(jax.random.PRNGKey(1), x)
@@ -217,7 +217,7 @@ def test_fused_resampling_is_the_same_map_and_gradient_as_written(resample, size
 def test_valid_conv_is_xlas_convolution_and_gradients(x_shape, kernel_size, stride, by_taps):
   """valid_conv's own forms (im2col and per tap where `kernel_bound`) compute XLA's
   convolution and its gradients."""
-  from sagan_jax.layers import _conv, kernel_bound, valid_conv
+  from sagan_jax.cpu_kernels import conv as _conv, kernel_bound, valid_conv
   x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
   kernel = jax.random.normal(jax.random.PRNGKey(1), (kernel_size, kernel_size, x_shape[-1], 8))
   out = jax.eval_shape(lambda: _conv(x, kernel, 'VALID', stride))
@@ -249,7 +249,7 @@ def test_valid_conv_kernel_gradient_sums_over_devices_under_shard_map():
   """A kernel shared by the devices of a shard_map gets the sum of their gradients, as
   with XLA's convolution (what bn_per_device's G step relies on)."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from sagan_jax.layers import _conv, valid_conv
+  from sagan_jax.cpu_kernels import conv as _conv, valid_conv
   from sagan_jax.mesh import make_mesh
   mesh = make_mesh()
   x = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (8, 6, 6, 3)),

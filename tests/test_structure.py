@@ -63,8 +63,11 @@ def test_no_import_cycles_in_the_package():
 
 def test_leaf_modules_stay_leaves():
   graph = import_graph()
-  for leaf in ('mesh', 'weights', 'preprocessing', 'train_state', 'options', 'layers', 'losses',
-               'metrics', 'logs'):
+  for leaf in ('mesh', 'weights', 'preprocessing', 'train_state', 'options', 'cpu_kernels',
+               'losses', 'metrics', 'logs', 'digits_dataset', 'shapes_dataset'):
     assert graph[leaf] == set(), (leaf, graph[leaf])
+  # The paper's layers use the CPU kernels and nothing else of the package.
+  assert graph['layers'] == {'cpu_kernels'}
   # The fixed networks of evaluation depend on nothing of the GAN.
-  assert graph['inception'] <= {'weights'} and graph['classifier'] <= {'weights', 'shapes_dataset'}
+  assert graph['inception'] <= {'weights'} and graph['classifier'] <= {
+      'weights', 'shapes_dataset', 'digits_dataset'}
