@@ -1,11 +1,12 @@
 """One quickstart ablation: main.py with --config.* overrides, timed, then the
 evaluation lines of its metrics.jsonl as one JSON row.
 
-  python benchmarks/quickstart_ablation.py --name=ch16 -- --config.ch=16 --config.g_lr=4e-4
+  python benchmarks/quickstart_ablation.py --name=sn_linear_s0 \
+      --out=benchmarks/results/digits_ablations.jsonl -- --config.cbn=sn_linear --config.seed=0
 
-Appends {'name', 'overrides', 'train_minutes', 'evals': {step: {...}}} to
---out (default benchmarks/results/quickstart_ablations.jsonl). The run's
-workdir is /tmp/ablation_NAME (removed first).
+Appends {'name', 'config', 'overrides', 'wall_minutes', 'floor', 'evals': {step: {...}}}
+to --out (default benchmarks/results/quickstart_ablations.jsonl). The run's workdir is
+/tmp/ablation_NAME (removed first).
 """
 import argparse
 import json
@@ -16,12 +17,15 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ('class_accuracy', 'frechet_distance', 'diversity_vs_data', 'colour_diversity_vs_data')
+KEYS = ('class_accuracy', 'frechet_distance', 'precision', 'recall', 'density', 'coverage',
+        'precision_per_class', 'recall_per_class', 'diversity_vs_data',
+        'colour_diversity_vs_data')
 
 
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--name', required=True)
+  parser.add_argument('--config', default='quickstart', help='a file of configs/, no .py')
   parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results',
                                                     'quickstart_ablations.jsonl'))
   parser.add_argument('overrides', nargs='*')
@@ -30,10 +34,16 @@ def main():
   shutil.rmtree(workdir, ignore_errors=True)
   start = time.time()
   subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'),
-                  '--config=' + os.path.join(ROOT, 'configs', 'quickstart.py'),
+                  '--config=' + os.path.join(ROOT, 'configs', args.config + '.py'),
                   f'--workdir={workdir}', *args.overrides], check=True,
                  stdout=subprocess.DEVNULL, stderr=open(workdir + '.log', 'w'))
   minutes = (time.time() - start) / 60
+  floor = {}
+  with open(workdir + '.log') as f:  # the floor's line: "Evaluation floor (...) | k v k v ..."
+    for line in f:
+      if 'Evaluation floor' in line:
+        words = line.split(' | ', 1)[1].split()
+        floor = {k: float(v) for k, v in zip(words[::2], words[1::2]) if k in KEYS}
   evals = {}
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     for line in f:
@@ -42,8 +52,8 @@ def main():
              if f'eval/{g}/{k}' in row}
       if got:
         evals[row['step']] = got
-  row = {'name': args.name, 'overrides': args.overrides, 'wall_minutes': round(minutes, 2),
-         'evals': evals}
+  row = {'name': args.name, 'config': args.config, 'overrides': args.overrides,
+         'wall_minutes': round(minutes, 2), 'floor': floor, 'evals': evals}
   with open(args.out, 'a') as f:
     f.write(json.dumps(row) + '\n')
   print(json.dumps(row, indent=1))

@@ -3,13 +3,18 @@
   python benchmarks/train_step.py --config=configs/quickstart.py --out=/tmp/bench.json
   python benchmarks/train_step.py --config=configs/imagenet128.py --config.dtype=bfloat16
   python benchmarks/train_step.py --config=configs/quickstart.py --profile_dir=/tmp/trace
+  JAX_NUM_CPU_DEVICES=1 python benchmarks/train_step.py --config=configs/imagenet128.py \
+      --compile_only --config.grad_accumulation=4 --config.remat=True \
+      --config.attention_impl=xla --config.resampling=separate   # one GPU's program, memory
 
 Reports the median step time after warm-up (device-synchronised), images/s (real
 images through D per second), FLOPs per step from XLA's cost analysis (per
 device), the achieved FLOP/s, model-FLOPs utilisation against a matmul peak
 measured in the same run on the same device, and peak device memory where the
-backend reports it. The data are synthetic: this measures the step, not the
-input pipeline.
+backend reports it, and XLA's memory estimate per device of the compiled step
+(`memory_analysis`: state and batch, activations and gradients, peak; what
+main.py checks against the device before training). The data are synthetic: this
+measures the step, not the input pipeline.
 """
 import datetime
 import json
@@ -79,8 +84,13 @@ def main(argv):
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
+  estimate = {k: round(v / 2**20, 1) for k, v in train.step_memory(step).items()}
+  settings = {k: config[k] for k in ('image_size', 'ch', 'batch_size', 'num_d_steps',
+                                     'attention_resolution', 'dtype', 'grad_accumulation',
+                                     'remat', 'attention_impl', 'resampling')}
   if FLAGS.compile_only:
     print(json.dumps({'device': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+                      'config': settings, 'memory_estimate_mib_per_device': estimate,
                       'compile_s': round(compile_s, 1),
                       'gflop_per_step_per_device': round(flops / 1e9, 2),
                       'gflop_per_image': round(flops * jax.device_count() / 1e9 / (
@@ -115,8 +125,7 @@ def main(argv):
       'date': datetime.date.today().isoformat(),
       'device': f'{jax.device_count()} x {device.device_kind}',
       'host': f'{platform.node()} ({os.cpu_count()} CPUs)',
-      'config': {k: config[k] for k in ('image_size', 'ch', 'batch_size', 'num_d_steps',
-                                        'attention_resolution', 'dtype')},
+      'config': settings,
       'compile_s': round(compile_s, 1),
       'ms_per_step': round(step_s * 1e3, 2),
       'ms_per_step_min_max': [round(min(times) * 1e3, 2), round(max(times) * 1e3, 2)],
@@ -126,6 +135,7 @@ def main(argv):
       'matmul_peak_tflop_s': {k: round(v / 1e12, 4) for k, v in peaks.items()},
       'mfu': round(flops / step_s / peak, 4),
       'peak_memory_gib': None if memory is None else round(memory / 2**30, 2),
+      'memory_estimate_mib_per_device': estimate,
   }
   if FLAGS.profile_dir:  # thread-time: instructions run concurrently on the CPU's threads
     result['profile_ms_per_step_by_category'] = profile

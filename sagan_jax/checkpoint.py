@@ -28,7 +28,7 @@ from sagan_jax.train_state import DISCRIMINATOR_FIELDS, generator_fields
 # Fields a run cannot change and still be the same run: they fix the shapes of
 # the state, or the data stream whose position is restored.
 FIXED_FIELDS = ('image_size', 'num_classes', 'ch', 'z_dim', 'attention_resolution', 'attention',
-                'dataset', 'random_flip', 'seed')
+                'cbn', 'dataset', 'random_flip', 'seed')
 
 
 class CheckpointError(ValueError):

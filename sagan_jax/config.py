@@ -11,6 +11,8 @@ from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers
                               attention_resolutions, on_nvidia_gpu)
 
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
+CBNS = ('tables', 'sn_linear')
+STATE_UPDATES = ('once', 'every_call')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_VARIANTS = ('sagan', 'simple')
 ATTENTION_IMPLS = ('auto', 'xla', 'blocked', 'cudnn')
@@ -20,7 +22,7 @@ RESAMPLINGS = ('auto', 'fused', 'separate')
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Data
-  c.dataset = 'sagan_shapes'  # TFDS name; 'sagan_shapes' is embedded (no download)
+  c.dataset = 'sagan_shapes'  # TFDS name; 'sagan_shapes' and 'sagan_digits' are embedded
   c.data_dir = ''  # TFDS data dir; '' = TFDS's default (~/tensorflow_datasets)
   c.image_size = 32  # one of ARCHITECTURES: 32, 64, 128, 256
   c.num_classes = 10
@@ -38,7 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
   #   convolution at the low resolution, 4/9 of the multiply-adds; and gradients of wide,
   #   low-resolution convolutions as one matmul per tap), 'separate' (as written), 'auto'
   #   (fused on the CPU, where it was measured faster)
-  c.init = 'xavier'  # 'xavier' (authors' code) or 'orthogonal' (BigGAN)
+  c.init = 'xavier'  # 'xavier' (authors' code) or 'orthogonal' (BigGAN, StudioGAN)
+  c.cbn = 'tables'  # G's class-conditional BN gain and bias: 'tables' (authors' code: per-
+  #   class tables from gain 1, bias 0, no SN) or 'sn_linear' (StudioGAN, BigGAN-PyTorch:
+  #   1 + SN-linear(one-hot y) and SN-linear(one-hot y), drawn by `init`)
+  c.d_shortcut_relu = False  # D's later blocks feed ReLU(x) to the shortcut (a quirk of
+  #   StudioGAN's in-place ReLU); False: x, as the authors' code
   c.sn_power_iterations = 1  # power iterations per update of spectral norm's u
   c.sn_eps = 1e-12
   c.bn_momentum = 0.999  # moving-average decay of G's batch-norm statistics
@@ -50,11 +57,22 @@ def default_config() -> ml_collections.ConfigDict:
   # Training
   c.loss = 'hinge'  # 'hinge', 'non_saturating' or 'wasserstein'
   c.batch_size = 256  # global batch, split over all devices
+  c.grad_accumulation = 1  # K: each D and G step takes the mean gradient of K micro-
+  #   batches of batch_size / K, one at a time (less activation memory; G's BN normalises
+  #   each micro-batch, as the PyTorch peers' accumulation does)
+  c.remat = False  # recompute G's and D's residual blocks in the backward pass instead of
+  #   storing their activations (less memory, about a third more compute)
   c.num_d_steps = 1  # D steps (each on its own real batch) per G step
   c.g_lr = 1e-4  # TTUR: G's Adam learning rate
   c.d_lr = 4e-4  # TTUR: D's Adam learning rate
   c.adam_b1 = 0.0
   c.adam_b2 = 0.999  # authors' code (TF default); the paper says 0.9
+  c.adam_eps = 1e-8  # TF's and optax's default; StudioGAN uses 1e-6
+  c.state_updates = 'once'  # when spectral u and G's BN averages advance: 'once' (authors'
+  #   code: D's u once per D step, real and fake in one D call; G's once per G step) or
+  #   'every_call' (PyTorch modules as StudioGAN runs them: D on real, then on fake, and
+  #   every training-mode forward advances its network's u and G's BN averages: D's u 3
+  #   times and G's twice per iteration)
   c.ema_decay = 0.9999  # EMA of G's weights (not in the paper; BigGAN's decay)
   c.ema_start_step = 20_000  # before this step the EMA copies G's weights
   c.ema_bn_batches = 16  # the EMA G's BN statistics: the mean over this many generated
@@ -138,6 +156,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.resampling in RESAMPLINGS, 'resampling', c.resampling, f'one of {RESAMPLINGS}')
   _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')
   _check(c.loss in LOSSES, 'loss', c.loss, f'one of {LOSSES}')
+  _check(c.cbn in CBNS, 'cbn', c.cbn, f'one of {CBNS}')
+  _check(c.state_updates in STATE_UPDATES, 'state_updates', c.state_updates,
+         f'one of {STATE_UPDATES}')
   _check(c.dtype in DTYPES, 'dtype', c.dtype, f'one of {DTYPES}')
   _check(c.ch >= 1, 'ch', c.ch, 'a positive integer')
   if c.attention_resolution:
@@ -150,7 +171,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
                 'checkpoint_every_steps', 'checkpoints_to_keep',
                 'max_nonfinite_steps', 'ema_bn_batches'):
     _check(c[field] >= 1, field, c[field], 'a positive integer')
-  for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps'):
+  for field in ('g_lr', 'd_lr', 'sn_eps', 'bn_eps', 'adam_eps'):
     _check(c[field] > 0, field, c[field], 'a positive number')
   for field in ('adam_b1', 'adam_b2', 'ema_decay', 'bn_momentum'):
     _check(0 <= c[field] < 1, field, c[field], 'a number in [0, 1)')
@@ -171,3 +192,11 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
          f'a positive multiple of the device count ({num_devices})')
   _check(c.batch_size % num_processes == 0, 'batch_size', c.batch_size,
          f'a multiple of the process count ({num_processes}): each process loads an equal part')
+  _check(c.grad_accumulation >= 1, 'grad_accumulation', c.grad_accumulation,
+         'a positive integer')
+  k = c.grad_accumulation
+  _check(c.batch_size % (k * num_devices) == 0, 'batch_size', c.batch_size,
+         f'a multiple of grad_accumulation x devices ({k} x {num_devices} = {k * num_devices}):'
+         ' each micro-batch splits over every device')
+  _check(k == 1 or c.state_updates == 'once', 'grad_accumulation', k,
+         "1 with state_updates='every_call' (u advances once per step under accumulation)")

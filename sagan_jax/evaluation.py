@@ -68,10 +68,16 @@ def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
   """The extractor for `config`'s dataset: `kind` or config.eval_features, else the
   classifier for the embedded dataset and Inception otherwise."""
   kind = kind or config.eval_features or (
-      'classifier' if config.dataset == 'sagan_shapes' else 'inception')
-  weights = ((inception_weights or config.inception_weights) if kind == 'inception' else
-             (classifier_weights or config.classifier_weights or
-              classifier.SHIPPED))
+      'classifier' if config.dataset in classifier.EMBEDDED else 'inception')
+  if kind == 'inception':
+    weights = inception_weights or config.inception_weights
+  else:
+    weights = classifier_weights or config.classifier_weights
+    if not weights and config.dataset not in classifier.EMBEDDED:
+      raise FileNotFoundError(
+          f'no classifier ships for {config.dataset!r} (only for {tuple(classifier.EMBEDDED)}):'
+          ' pass --classifier_weights=FILE, or use the Inception features')
+    weights = weights or classifier.shipped(config.dataset)
   return Extractor(kind, weights, mesh, config.num_classes)
 
 
@@ -147,22 +153,23 @@ def _extract(extractor: Extractor, batches, what: str, total: int | None = None,
 def reference_statistics(config, extractor: Extractor, split: str, num: int,
                          cache_dir: str) -> dict:
   """mu, sigma, the within-class diversity (of the features, and for the
-  embedded dataset of the colours) and (up to KID_FEATURES) features of the
-  split's first `num` images, computed once and cached in cache_dir."""
-  embedded = config.dataset == 'sagan_shapes'
+  embedded shapes of the colours) and (up to KID_FEATURES) features and labels of
+  the split's first `num` images, computed once and cached in cache_dir."""
+  embedded = config.dataset == 'sagan_shapes'  # the colours are the shapes' own
 
   def compute():
     features, labels, *colour = _extract(extractor, dataset_batches(config, split, num),
                                          'reference', num, with_colours=embedded)
     mu, sigma = metrics.moments(features)
     stats = {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES],
+             'labels': labels[:KID_FEATURES],
              'diversity': metrics.within_class_diversity(features, labels)}
     if embedded:
       c, both = colour
       stats['colour_diversity'] = metrics.within_class_diversity(c[both], labels[both])
     return stats
   return _cached(config, extractor, f'{split}_{num}', cache_dir, compute,
-                 keys=('diversity',) + (('colour_diversity',) if embedded else ()))
+                 keys=('diversity', 'labels') + (('colour_diversity',) if embedded else ()))
 
 
 def class_reference(config, extractor: Extractor, split: str, classes: list[int],
@@ -226,9 +233,9 @@ def colour_diversity(images: np.ndarray, labels: np.ndarray) -> float:
 def floor(config, extractor: Extractor, reference: dict, num: int, cache_dir: str) -> dict:
   """score() of `num` real images that are not in the reference: what a perfect
   generator would get at this sample count (FID is biased upwards at small
-  n). The embedded dataset generates new ones (from a seed its splits do not
-  use); other datasets use their test or validation split ({} if they have
-  neither). Cached."""
+  n). The embedded shapes generate new ones (from a seed their splits do not
+  use); other datasets use their test or validation split, up to `num` ({} if
+  they have neither). Cached; 'num_samples' says how many were scored."""
   if config.dataset == 'sagan_shapes':
     real = lambda: map(np.stack, zip(*shapes_dataset.generate(num, seed=2)))
   else:
@@ -240,9 +247,10 @@ def floor(config, extractor: Extractor, reference: dict, num: int, cache_dir: st
 
   def compute():
     images, labels = real()
-    return score(images, labels.astype(np.int32), extractor, reference)
+    return {'num_samples': len(images),
+            **score(images, labels.astype(np.int32), extractor, reference)}
   cached = _cached(config, extractor, f'floor_{num}', cache_dir,
-                   lambda: {k: np.asarray(v) for k, v in compute().items()})
+                   lambda: {k: np.asarray(v) for k, v in compute().items()}, keys=('recall',))
   return {k: float(v) for k, v in cached.items()}
 
 
@@ -280,6 +288,13 @@ def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, referenc
   result[is_], result[is_ + '_std'] = metrics.inception_score(logits)
   result[kid], result[kid + '_std'] = metrics.kernel_inception_distance(
       features, reference['features'], subsets=10, subset_size=min(1000, len(images)))
+  # Fidelity and variety (k = 3 and 5) against the reference's features, and class by
+  # class where the reference has each class's labels.
+  result.update(metrics.precision_recall_density_coverage(reference['features'],
+                                                          features[:KID_FEATURES]))
+  if 'labels' in reference:
+    result.update({f'{k}_per_class': v for k, v in metrics.per_class_precision_recall(
+        reference['features'], reference['labels'], features, labels).items()})
   result['diversity'] = metrics.within_class_diversity(features, labels)
   result['diversity_vs_data'] = result['diversity'] / float(reference['diversity'])
   if 'colour_diversity' in reference:  # the embedded dataset
@@ -332,7 +347,7 @@ class Evaluator:
     self.floor = floor(config, self.extractor, self.reference, config.eval_num_samples,
                        cache_dir)
     logging.info('Evaluation floor (%d real images outside the reference, scored alike) | %s',
-                 config.eval_num_samples, logs.format_metrics(self.floor))
+                 self.floor.pop('num_samples', 0), logs.format_metrics(self.floor))
 
   def __call__(self, generators: dict) -> dict:
     """{'ema': variables, 'raw': variables} -> {'eval/ema/fid': ..., 'eval/raw/fid': ...}."""

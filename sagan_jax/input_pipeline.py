@@ -38,10 +38,10 @@ import tensorflow_datasets as tfds
 
 from sagan_jax import resized_dataset
 from sagan_jax.preprocessing import preprocess
-from sagan_jax import shapes_dataset  # registers the embedded TFDS builder
+from sagan_jax import digits_dataset, shapes_dataset  # register the embedded TFDS builders
 
 ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
-EMBEDDED = shapes_dataset.SaganShapes.name  # 'sagan_shapes'
+EMBEDDED = (shapes_dataset.SaganShapes.name, digits_dataset.SaganDigits.name)
 MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
 
 
@@ -88,10 +88,13 @@ def _builder(config) -> tfds.core.DatasetBuilder:
                       f'--dataset={name[len(RESIZED):]} --image_size={config.image_size} '
                       f'--data_dir={data_dir}')
     return builder
-  if name == EMBEDDED:
+  if name in EMBEDDED:
     builder = tfds.builder(name, data_dir=config.data_dir or None, file_format=ARRAY_RECORD)
-    _prepare(builder, f'{name} (about 10 s)',
-             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    try:
+      _prepare(builder, f'{name} (about 10 s)',
+               download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except FileNotFoundError as e:  # the digits' package is missing: the message has the fix
+      raise DataError(f'config.dataset={name!r}: {e}') from None
     return builder
   builder = tfds.builder(name, data_dir=config.data_dir or None, try_gcs=False)
   if builder.is_prepared() and builder.info.file_format != ARRAY_RECORD:
@@ -124,7 +127,8 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError:
     raise DataError(f'config.dataset={config.dataset!r} is not a TFDS dataset; use a name from '
                     f'tfds.list_builders(), e.g. cifar10, imagenet2012, celeb_a, lsun/bedroom, '
-                    f'or {EMBEDDED!r}, or folder:ROOT for a folder of images') from None
+                    f'or one of the embedded {EMBEDDED}, or folder:ROOT for a folder of '
+                    'images') from None
   features = builder.info.features
   classes = features['label'].num_classes if 'label' in features else 1
   if classes != config.num_classes:

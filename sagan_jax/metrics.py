@@ -93,3 +93,72 @@ def within_class_diversity(x: np.ndarray, labels: np.ndarray, max_per_class: int
     d = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * v @ v.T, 0, None))
     means.append(d.sum() / (len(v) * (len(v) - 1)))  # the diagonal is 0
   return float(np.mean(means)) if means else float('nan')  # nan: no class has two rows
+
+
+# Precision and recall (Kynkaanniemi et al. 2019) and density and coverage (Naeem et
+# al. 2020): each sample's k-th nearest-neighbour distance within its own set is the
+# radius of a ball around it; the sets' manifolds are the unions of those balls.
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """||a_i - b_j||^2 [len(a), len(b)], in float64."""
+  sq = lambda x: (x * x).sum(1)
+  return np.clip(sq(a)[:, None] + sq(b)[None, :] - 2 * a @ b.T, 0, None)
+
+
+def _rows(n: int, chunk: int):
+  return (slice(s, min(s + chunk, n)) for s in range(0, n, chunk))
+
+
+def knn_radii(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+  """Squared distance from each row of x to its k-th nearest other row [len(x)]."""
+  out = np.empty(len(x))
+  for rows in _rows(len(x), chunk):
+    d = _squared_distances(x[rows], x)
+    d[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not itself
+    out[rows] = np.partition(d, k - 1, axis=1)[:, k - 1]
+  return out
+
+
+def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
+                 chunk: int = 2048) -> np.ndarray:
+  """For each of `points`, how many balls (centres, squared radii) hold it; and for
+  each centre, whether its ball holds any point: ([len(points)], [len(centres)])."""
+  counts, covered = np.zeros(len(points), np.int64), np.zeros(len(centres), bool)
+  for rows in _rows(len(points), chunk):
+    inside = _squared_distances(points[rows], centres) <= radii[None, :]
+    counts[rows] = inside.sum(1)
+    covered |= inside.any(0)
+  return counts, covered
+
+
+def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: int = 3,
+                                      k_dc: int = 5) -> dict[str, float]:
+  """Of features real [n, d] and fake [m, d]:
+  - precision: the fraction of fakes inside some real's k_pr-NN ball (fidelity);
+  - recall: the fraction of reals inside some fake's k_pr-NN ball (variety);
+  - density: the mean number of real k_dc-NN balls holding a fake, over k_dc (1 in
+    expectation for identical distributions; (k+1)/k for a set against itself);
+  - coverage: the fraction of reals whose k_dc-NN ball holds a fake.
+  A generator that collapses onto a few real images keeps a high precision while its
+  recall and coverage fall towards 0."""
+  real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+  real_pr, fake_pr = knn_radii(real, k_pr), knn_radii(fake, k_pr)
+  precise = _ball_counts(fake, real, real_pr)[0] > 0
+  recalled = _ball_counts(real, fake, fake_pr)[0] > 0
+  real_dc = real_pr if k_dc == k_pr else knn_radii(real, k_dc)
+  counts, covered = _ball_counts(fake, real, real_dc)
+  return {'precision': float(precise.mean()), 'recall': float(recalled.mean()),
+          'density': float(counts.mean() / k_dc), 'coverage': float(covered.mean())}
+
+
+def per_class_precision_recall(real, real_labels, fake, fake_labels, **kwargs) -> dict:
+  """precision_recall_density_coverage within each class present in both sets (with
+  more than k_dc examples in each), averaged over those classes."""
+  k = max(kwargs.get('k_pr', 3), kwargs.get('k_dc', 5))
+  per_class = [precision_recall_density_coverage(real[real_labels == c], fake[fake_labels == c],
+                                                 **kwargs)
+               for c in np.intersect1d(real_labels, fake_labels)
+               if min((real_labels == c).sum(), (fake_labels == c).sum()) > k]
+  if not per_class:
+    return {}
+  return {name: float(np.mean([m[name] for m in per_class])) for name in per_class[0]}

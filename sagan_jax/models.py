@@ -76,16 +76,20 @@ class DBlock(nn.Module):
   The first block (`preactivation=False`) is the 'optimised' block that takes
   the image. The 1x1 shortcut conv exists when the width changes or the block
   down-samples; it is applied after the pooling, which is the same linear map
-  as pooling after it at a quarter of the cost.
+  as pooling after it at a quarter of the cost. `shortcut_relu`: the shortcut
+  of a preactivation block takes ReLU(x), not x (StudioGAN's in-place ReLU does
+  that).
   """
   features: int
   conv: Callable[..., nn.Module]
   downsample: bool
   preactivation: bool
+  shortcut_relu: bool = False
 
   @nn.compact
   def __call__(self, x):
     h = nn.relu(x) if self.preactivation else x
+    x = h if self.shortcut_relu else x
     h = self.conv(self.features, name='conv1')(h)
     resample = 'down' if self.downsample else ''
     h = self.conv(self.features, resample=resample, name='conv2')(nn.relu(h))
@@ -108,12 +112,14 @@ class _Network(nn.Module):
   sn_steps: int = 1
   sn_eps: float = 1e-12
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each residual block's activations in the backward pass
 
 
 class Generator(_Network):
   """z [B, z_dim], class y [B] -> image [B, S, S, 3] in [-1, 1]."""
   bn_momentum: float = 0.999
   bn_eps: float = 1e-5
+  cbn: str = 'tables'  # ConditionalBatchNorm's gain_bias
 
   @nn.compact
   def __call__(self, z, y, train: bool):
@@ -122,11 +128,13 @@ class Generator(_Network):
     conv = functools.partial(SNConv, kernel_init=INITIALIZERS[self.initializer],
                              fused=self.fused_resampling, **sn)
     cbn = functools.partial(ConditionalBatchNorm, self.num_classes, self.bn_momentum,
-                            self.bn_eps, self.dtype)
+                            self.bn_eps, self.dtype, self.cbn, INITIALIZERS[self.initializer],
+                            self.sn_steps, self.sn_eps)
     h = SNDense(4 * 4 * widths[0], kernel_init=INITIALIZERS[self.initializer], name='linear', **sn)(z)
     h = h.reshape(-1, 4, 4, widths[0])
+    block = nn.remat(GBlock, static_argnums=(3,)) if self.remat else GBlock  # (self, x, y, train)
     for i, width in enumerate(widths[1:]):
-      h = GBlock(width, conv, cbn, name=f'block{i + 1}')(h, y, train)
+      h = block(width, conv, cbn, name=f'block{i + 1}')(h, y, train)
       if h.shape[1] == self.attention_resolution:
         h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
     h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -137,6 +145,7 @@ class Generator(_Network):
 
 class Discriminator(_Network):
   """Projection discriminator: image [B, S, S, 3], class y [B] -> logit [B]."""
+  shortcut_relu: bool = False  # DBlock's
 
   @nn.compact
   def __call__(self, x, y):
@@ -144,8 +153,10 @@ class Discriminator(_Network):
     init = INITIALIZERS[self.initializer]
     conv = functools.partial(SNConv, kernel_init=init, fused=self.fused_resampling, **sn)
     h = x
+    block = nn.remat(DBlock) if self.remat else DBlock
     for i, (mult, down) in enumerate(ARCHITECTURES[self.image_size][1]):
-      h = DBlock(self.ch * mult, conv, down, preactivation=i > 0, name=f'block{i + 1}')(h)
+      h = block(self.ch * mult, conv, down, preactivation=i > 0,
+                 shortcut_relu=self.shortcut_relu, name=f'block{i + 1}')(h)
       if down and h.shape[1] == self.attention_resolution:
         h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
     # The head runs in float32: a bf16 sum over H*W positions would lose precision.
@@ -189,6 +200,7 @@ def make_models(config) -> tuple[Generator, Discriminator]:
                 image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
                 attention=config.attention, initializer=config.init,
-                sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps)
-  return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, **common),
-          Discriminator(**common))
+                sn_steps=config.sn_power_iterations, sn_eps=config.sn_eps, remat=config.remat)
+  return (Generator(bn_momentum=config.bn_momentum, bn_eps=config.bn_eps, cbn=config.cbn,
+                    **common),
+          Discriminator(shortcut_relu=config.d_shortcut_relu, **common))

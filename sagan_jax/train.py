@@ -11,8 +11,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, evaluation, input_pipeline, logs, sampling
-from sagan_jax.config import validate
-from sagan_jax.layers import spectral_sigmas
+from sagan_jax.config import ConfigError, validate
+from sagan_jax.layers import advance_spectral, spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.mesh import make_mesh
 from sagan_jax.models import make_models
@@ -64,7 +64,7 @@ class Update:
   def __init__(self, config, generator, discriminator, mesh):
     self.config, self.generator, self.discriminator, self.mesh = (config, generator,
                                                                   discriminator, mesh)
-    adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
+    adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     self.g_tx, self.d_tx = adam(config.g_lr), adam(config.d_lr)
 
   def new_state(self, rng) -> TrainState:
@@ -98,6 +98,17 @@ class Update:
     batch = NamedSharding(self.mesh, P(None, 'data'))  # [num_d_steps, B, ...]
     return jax.jit(self, in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
                    donate_argnums=0)
+
+  def compile_for(self, state):
+    """The step compiled ahead of time for `state` and the config's batch: an
+    executable whose memory_analysis() can be read before it runs."""
+    c, batch = self.config, NamedSharding(self.mesh, P(None, 'data'))
+    shape = lambda *s, dtype: jax.ShapeDtypeStruct((c.num_d_steps, c.batch_size) + s, dtype,
+                                                   sharding=batch)
+    return self.compile().lower(state, {
+        'image': shape(c.image_size, c.image_size, 3, dtype=jnp.uint8),
+        'label': shape(dtype=jnp.int32)}).compile()
+
 
   def __call__(self, state: TrainState, batch):
     c = self.config
@@ -133,44 +144,130 @@ class Update:
                                       mutable=mutable)
 
   def d_step(self, state, images, labels, key):
-    """One D update on a real and a fresh fake batch; D's u advances once."""
+    """One D update on a real and a fresh fake batch; D's u advances once (with
+    config.state_updates='every_call': twice, and G's u and BN averages once). With
+    config.grad_accumulation = K > 1, the gradient is the mean of K micro-batches'."""
+    c = self.config
     z, y_fake = self.latents(key, images.shape[0])
-    # G uses batch statistics but updates neither its BN averages nor its u here.
-    fake, _ = self.generate(state, state.g_params, z, y_fake, mutable=['batch_stats'])
-    real = images.astype(jnp.float32) / 127.5 - 1.0
-    # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
-    # that each device keeps its own examples: no cross-device shuffle.
-    x = jnp.stack([real, jax.lax.stop_gradient(fake)], axis=1).reshape(-1, *real.shape[1:])
-    y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
-
-    def loss_fn(d_params):
-      logits, new = self.discriminator.apply({'params': d_params, 'spectral': state.d_spectral},
-                                             x, y, mutable=['spectral'])
-      d_real, d_fake = logits.reshape(-1, 2).T
-      return (discriminator_loss(self.config.loss, d_real, d_fake),
-              (new['spectral'], d_real, d_fake))
-
+    if c.grad_accumulation > 1:
+      return self.d_step_accumulated(state, images, labels, z, y_fake)
+    every_call = c.state_updates == 'every_call'
+    # G uses batch statistics; it updates neither its BN averages nor its u here, unless
+    # every call does.
+    fake, g_new = self.generate(state, state.g_params, z, y_fake,
+                                mutable=['batch_stats', 'spectral'] if every_call else
+                                ['batch_stats'])
+    if every_call:
+      state = state.replace(g_batch_stats=g_new['batch_stats'], g_spectral=g_new['spectral'])
+    loss_fn = lambda d_params: self.d_loss(d_params, state.d_spectral, images, labels, fake,
+                                           y_fake, advance=True)
     (loss, (spectral, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.d_params)
+    return self.apply_d(state, grads, spectral, loss, d_real.mean(), d_fake.mean())
+
+  def d_loss(self, d_params, d_spectral, images, labels, fake, y_fake, advance: bool):
+    """D's loss on uint8 reals and a (fixed) fake batch -> (loss, (spectral, d_real,
+    d_fake)); with `advance`, the u of `d_spectral` advances (once, or per call with
+    config.state_updates='every_call'), else it is used as it is."""
+    real, fake = images.astype(jnp.float32) / 127.5 - 1.0, jax.lax.stop_gradient(fake)
+    d = lambda spectral, x, y: self.discriminator.apply(
+        {'params': d_params, 'spectral': spectral}, x, y, mutable=['spectral'] if advance else [])
+    if advance and self.config.state_updates == 'every_call':  # two calls, u moving at each
+      d_real, new = d(d_spectral, real, labels)
+      d_fake, new = d(new['spectral'], fake, y_fake)
+    else:
+      # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
+      # that each device keeps its own examples: no cross-device shuffle.
+      x = jnp.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])
+      y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
+      logits, new = d(d_spectral, x, y)
+      d_real, d_fake = logits.reshape(-1, 2).T
+    return (discriminator_loss(self.config.loss, d_real, d_fake),
+            (new.get('spectral', d_spectral), d_real, d_fake))
+
+  def d_step_accumulated(self, state, images, labels, z, y_fake):
+    grads, spectral, (loss, d_real, d_fake) = self.d_gradients(state, images, labels, z, y_fake)
+    return self.apply_d(state, grads, spectral, loss, d_real, d_fake)
+
+  def d_gradients(self, state, images, labels, z, y_fake):
+    """D's mean gradient over config.grad_accumulation micro-batches, one at a time
+    (lax.scan), each with fakes generated in it; D's u advances once, first.
+    -> (grads, spectral, (loss, d_real, d_fake) means)."""
+    d_spectral = self.advance_u(state.d_params, state.d_spectral)
+
+    def one(total, batch):
+      images, labels, z, y_fake = batch
+      fake, _ = self.generate(state, state.g_params, z, y_fake, mutable=['batch_stats'])
+      (loss, (_, d_real, d_fake)), grads = jax.value_and_grad(self.d_loss, has_aux=True)(
+          state.d_params, d_spectral, images, labels, fake, y_fake, advance=False)
+      return jax.tree.map(jnp.add, total, (grads, (loss, d_real.mean(), d_fake.mean()))), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (state.d_params, (0.0, 0.0, 0.0)))
+    total, _ = jax.lax.scan(one, zeros, self.micro_batches((images, labels, z, y_fake)))
+    grads, means = jax.tree.map(lambda x: x / self.config.grad_accumulation, total)
+    return grads, d_spectral, means
+
+  def apply_d(self, state, grads, spectral, loss, d_real, d_fake):
     updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
     state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
                           d_opt_state=opt_state, d_spectral=spectral)
     finite, norm = finite_and_norm(loss, grads)
-    return state, {'d_loss': loss, 'd_real': d_real.mean(), 'd_fake': d_fake.mean(),
-                   'd_grad_norm': norm, 'finite': finite}
+    return state, {'d_loss': loss, 'd_real': d_real, 'd_fake': d_fake, 'd_grad_norm': norm,
+                   'finite': finite}
 
   def g_step(self, state, key):
-    """One G update through the (fixed) D; G's u and BN averages advance once."""
+    """One G update through the (fixed) D; G's u and BN averages advance once (with
+    config.state_updates='every_call', D's u too). With config.grad_accumulation =
+    K > 1, the mean gradient of K micro-batches, each normalised by its own BN
+    statistics; the BN averages move by the mean of theirs."""
     c = self.config
     z, y = self.latents(key, c.batch_size)
+    if c.grad_accumulation > 1:
+      return self.g_step_accumulated(state, z, y)
+    d_mutable = ['spectral'] if c.state_updates == 'every_call' else []
 
     def loss_fn(g_params):
       fake, new = self.generate(state, g_params, z, y, mutable=['batch_stats', 'spectral'])
-      d_fake = self.discriminator.apply({'params': state.d_params, 'spectral': state.d_spectral},
-                                        fake, y)
-      return generator_loss(c.loss, d_fake), new
+      d_fake, d_new = self.discriminator.apply(
+          {'params': state.d_params, 'spectral': state.d_spectral}, fake, y, mutable=d_mutable)
+      return generator_loss(c.loss, d_fake), (new, d_new.get('spectral', state.d_spectral))
 
-    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    (loss, (new, d_spectral)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    return self.apply_g(state.replace(d_spectral=d_spectral), grads, new['batch_stats'],
+                        new['spectral'], loss)
+
+  def g_step_accumulated(self, state, z, y):
+    grads, batch_stats, g_spectral, loss = self.g_gradients(state, z, y)
+    return self.apply_g(state, grads, batch_stats, g_spectral, loss)
+
+  def g_gradients(self, state, z, y):
+    """G's mean gradient over config.grad_accumulation micro-batches, each normalised
+    by its own BN statistics; G's u advances once, first.
+    -> (grads, BN averages, spectral, loss)."""
+    c = self.config
+    g_spectral = self.advance_u(state.g_params, state.g_spectral)
+    with_u = state.replace(g_spectral=g_spectral)
+    d_variables = {'params': state.d_params, 'spectral': state.d_spectral}
+
+    def one(total, latents):
+      z, y = latents
+
+      def loss_fn(g_params):
+        # Each micro-batch's new BN averages start from the same ones, so their mean is
+        # the averages moved once by the mean of the micro-batches' statistics.
+        fake, new = self.generate(with_u, g_params, z, y, mutable=['batch_stats'])
+        return generator_loss(c.loss, self.discriminator.apply(d_variables, fake, y)), new
+
+      (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+      return jax.tree.map(jnp.add, total, (grads, new['batch_stats'], loss)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (state.g_params, state.g_batch_stats, 0.0))
+    total, _ = jax.lax.scan(one, zeros, self.micro_batches((z, y)))
+    grads, batch_stats, loss = jax.tree.map(lambda x: x / c.grad_accumulation, total)
+    return grads, batch_stats, g_spectral, loss
+
+  def apply_g(self, state, grads, batch_stats, g_spectral, loss):
+    c = self.config
     updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
     params = optax.apply_updates(state.g_params, updates)
     # ema <- decay * ema + (1 - decay) * params from ema_start_step on, a copy before
@@ -179,10 +276,75 @@ class Update:
     old_w, new_w = jnp.where(use_ema, c.ema_decay, 0.0), jnp.where(use_ema, 1.0 - c.ema_decay, 1.0)
     ema = jax.tree.map(lambda e, p: old_w * e + new_w * p, state.ema_params, params)
     state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
-                          g_batch_stats=new['batch_stats'], g_spectral=new['spectral'])
+                          g_batch_stats=batch_stats, g_spectral=g_spectral)
     finite, norm = finite_and_norm(loss, grads)
     return state, {'g_loss': loss, 'g_grad_norm': norm, 'finite': finite}
 
+  def advance_u(self, params, spectral):
+    return advance_spectral(params, spectral, self.config.sn_power_iterations,
+                            self.config.sn_eps)
+
+  def micro_batches(self, tree):
+    """Leaves [B, ...] -> [K, B/K, ...], K = config.grad_accumulation: micro-batch j holds
+    rows j, K + j, 2K + j, ..., so each device's rows split evenly among the K and every
+    micro-batch is spread over all devices like the batch."""
+    k = self.config.grad_accumulation
+    split = lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(jax.tree.map(split, tree),
+                                            NamedSharding(self.mesh, P(None, 'data')))
+
+
+# Memory
+
+def step_memory(compiled) -> dict[str, int]:
+  """Bytes per device of a compiled step (XLA's memory_analysis): 'arguments' (the
+  state and the batch), 'temporaries' (activations and gradients), 'peak' (arguments
+  + outputs + temporaries - what the outputs reuse of donated arguments)."""
+  m = compiled.memory_analysis()
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes + m.generated_code_size_in_bytes)
+  return {'arguments': m.argument_size_in_bytes, 'temporaries': m.temp_size_in_bytes,
+          'peak': peak}
+
+
+def device_memory_limit() -> int | None:
+  """What one local device can hold (bytes), where the backend says (GPU, TPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return stats.get('bytes_limit') if stats else None
+
+
+class MemoryFitError(ConfigError):
+  """The compiled step needs more memory than the device has."""
+
+
+def check_memory(compiled, config, limit: int | None) -> dict[str, int]:
+  """Logs the step's memory per device; raises MemoryFitError, naming what would fit,
+  when it exceeds `limit` (None: unknown, as on the CPU: the estimate is only logged)."""
+  memory = step_memory(compiled)
+  gib = lambda b: f'{b / 2**30:.2f} GiB' if b >= 2**30 else f'{b / 2**20:.1f} MiB'
+  logging.info('The train step needs %s per device (XLA\'s estimate: %s of state and batch, %s '
+               'of activations and gradients)%s.', gib(memory['peak']), gib(memory['arguments']),
+               gib(memory['temporaries']),
+               f'; the device has {gib(limit)}' if limit else '; the device gives no limit')
+  if limit is None or memory['peak'] <= limit:
+    return memory
+  # Activations scale with the micro-batch: the smallest K whose share of them fits.
+  fixed, per_batch, k = memory['peak'] - memory['temporaries'], memory['temporaries'], None
+  devices, steps = jax.device_count(), config.grad_accumulation
+  while k is None and steps * 2 <= config.batch_size // devices:
+    steps *= 2
+    if config.batch_size % (steps * devices) == 0 and (
+        fixed + per_batch * config.grad_accumulation / steps <= limit):
+      k = steps
+  estimate = lambda k: gib(fixed + per_batch * config.grad_accumulation / k)
+  fits = [f'--config.grad_accumulation={k} (about {estimate(k)})' if k else None,
+          None if config.remat else '--config.remat=True',
+          None if config.dtype == 'bfloat16' else '--config.dtype=bfloat16',
+          'a smaller --config.batch_size']
+  raise MemoryFitError(
+      f'the train step needs {gib(memory["peak"])} per device at batch_size='
+      f'{config.batch_size} and the device has {gib(limit)}: try '
+      f'{", ".join(f for f in fits if f)}; nothing was trained')
 
 # Training loop
 
@@ -243,13 +405,18 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   data = input_pipeline.create_train_iterator(config, mesh)  # a missing dataset fails here
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
+  logging.info('Compiling the train step and the samplers (a restart with the same config '
+               'loads them from the compilation cache).')
+  train_step = update.compile_for(checkpoint.abstract(update.shapes(), mesh))
+  check_memory(train_step, config, device_memory_limit())  # before anything else is spent
   image_sampler = sampling.ImageSampler(generator, mesh)  # sample grids and evaluation
   evaluator = (evaluation.Evaluator(config, mesh, workdir, image_sampler)
                if config.eval_every_steps else None)
   manager = checkpoint.make_manager(workdir, config)
   best = checkpoint.make_manager(workdir, config, best=True) if evaluator else None
   try:
-    return Loop(workdir, data, update, image_sampler, evaluator, manager, best).run()
+    return Loop(workdir, data, update, train_step, image_sampler, evaluator, manager,
+                best).run()
   finally:  # a save in flight completes, whatever stopped the loop
     data.close()
     for m in (manager, best):
@@ -291,7 +458,8 @@ class Loop:
   """The training loop of train_and_evaluate: restores or initialises the state,
   then steps, logging, drawing sample grids, evaluating and saving on schedule."""
 
-  def __init__(self, workdir, data, update, image_sampler, evaluator, manager, best):
+  def __init__(self, workdir, data, update, train_step, image_sampler, evaluator, manager,
+               best):
     config, mesh = update.config, update.mesh
     self.config, self.mesh = config, mesh
     self.workdir, self.data, self.images = workdir, data, image_sampler
@@ -303,9 +471,7 @@ class Loop:
     else:
       logging.info('Resumed from the checkpoint of step %d in %s.', int(self.state.step),
                    checkpoint.checkpoint_dir(workdir))
-    self.train_step = update.compile()
-    logging.info('Compiling the train step and the samplers (a restart with the same config '
-                 'loads them from the compilation cache).')
+    self.train_step = train_step  # update's step, compiled for the state
     self.with_ema_statistics = EMAStatistics(config, update.generator, mesh)
     self.is_main = jax.process_index() == 0  # only process 0 writes (workdir may be gs://)
     self.sample_dir = epath.Path(workdir) / 'samples'

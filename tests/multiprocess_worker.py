@@ -1,6 +1,6 @@
 """One process of a multi-process CPU run (see test_parallel.py).
 
-Usage: python multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES
+Usage: python multiprocess_worker.py PORT PROCESS_ID NUM_PROCESSES [GRAD_ACCUMULATION]
 Prints one JSON line: a digest of this process's copy of the replicated state
 after 3 train steps, and the last metrics.
 """
@@ -16,9 +16,9 @@ from sagan_jax.models import make_models
 from tiny_config import tiny_config
 
 
-def main(port, process_id, num_processes):
+def main(port, process_id, num_processes, grad_accumulation=1):
   jax.distributed.initialize(f'localhost:{port}', num_processes, process_id)
-  config = tiny_config()
+  config = tiny_config(grad_accumulation=grad_accumulation)
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
   update = train.Update(config, generator, discriminator, mesh)

@@ -12,7 +12,7 @@ from tiny_config import load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('name', ['imagenet128', 'cifar10', 'quickstart'])
+@pytest.mark.parametrize('name', ['imagenet128', 'cifar10', 'quickstart', 'shapes'])
 def test_shipped_configs_are_valid(name):
   validate(load_config(name), num_devices=8)
 
@@ -22,10 +22,15 @@ def test_imagenet128_is_the_papers_setup():
   assert (c.image_size, c.num_classes, c.ch, c.attention_resolution, c.batch_size) == (
       128, 1000, 64, 64, 256)
   assert (c.g_lr, c.d_lr, c.adam_b1, c.loss, c.num_d_steps) == (1e-4, 4e-4, 0.0, 'hinge', 1)
+  # Where StudioGAN differs from the authors' code, the authors' code.
+  assert (c.cbn, c.init, c.state_updates, c.d_shortcut_relu, c.adam_eps, c.sn_eps, c.bn_eps) == (
+      'tables', 'xavier', 'once', False, 1e-8, 1e-12, 1e-5)
 
 
 @pytest.mark.parametrize('field, value, message', [
     ('image_size', 48, r'config.image_size=48 is not allowed: one of \[32, 64, 128, 256\]'),
+    ('cbn', 'linear', r"config.cbn='linear' is not allowed: one of \('tables', 'sn_linear'\)"),
+    ('state_updates', 'twice', r"config.state_updates='twice' is not allowed: one of"),
     ('attention_resolution', 64, r'config.attention_resolution=64 .* one of \[8, 16\] at 32 px'),
     ('batch_size', 12, r'config.batch_size=12 .* multiple of the device count \(8\)'),
     ('g_lr', 0.0, r'config.g_lr=0.0 is not allowed: a positive number'),

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from sagan_jax import input_pipeline, resized_dataset, shapes_dataset, train
+from sagan_jax import digits_dataset, input_pipeline, resized_dataset, shapes_dataset, train
 from sagan_jax.preprocessing import preprocess
 from processes import run_workers
 from tiny_config import load_config, shapes_config, tiny_config
@@ -339,3 +339,36 @@ def test_prepare_writes_a_resized_copy_that_trains(tfds_dir, tmp_path_factory):
   builder = input_pipeline.get_builder(config)
   assert {k: v.num_examples for k, v in builder.info.splits.items()} == {'train': 10_000,
                                                                          'test': 1_000}
+
+
+def test_embedded_digits_are_the_packaged_mnist_split_400_100_per_class(tfds_dir):
+  config = tiny_config(dataset='sagan_digits', data_dir=tfds_dir, num_classes=10)
+  builder = input_pipeline.get_builder(config)
+  assert builder.info.splits['train'].num_examples == 4_000
+  assert builder.info.splits['test'].num_examples == 1_000
+  source = input_pipeline.data_source(config, 'test')
+  labels = np.array([int(source[i]['label']) for i in range(len(source))])
+  assert np.all(np.bincount(labels, minlength=10) == 100)
+  images, split_labels = digits_dataset.split_arrays('test')
+  # TFDS holds split_arrays' examples (in its own shuffled order).
+  stored = sorted(preprocess(source[i], 32)['image'].tobytes() + bytes([labels[i]])
+                  for i in range(len(source)))
+  assert stored == sorted(im.tobytes() + bytes([y]) for im, y in zip(images, split_labels))
+  # 28x28 grey digits, 2 px of black around, grey replicated to RGB.
+  assert images.shape == (1000, 32, 32, 3) and images.dtype == np.uint8
+  assert images[:, :2].max() == 0 and images[:, :, -2:].max() == 0
+  np.testing.assert_array_equal(images[..., 0], images[..., 2])
+  assert images.max() == 255
+  train_images, _ = digits_dataset.split_arrays('train')
+  # The splits are disjoint: no test digit is also a train digit.
+  train_set = {im.tobytes() for im in train_images}
+  assert not any(im.tobytes() in train_set for im in images)
+
+
+def test_digits_without_their_package_fail_with_the_fix(tmp_path, monkeypatch):
+  def missing(name):
+    raise ModuleNotFoundError(name)
+  monkeypatch.setattr(digits_dataset.importlib.resources, 'files', missing)
+  config = tiny_config(dataset='sagan_digits', data_dir=str(tmp_path), num_classes=10)
+  with pytest.raises(input_pipeline.DataError, match='pip install -r requirements.txt'):
+    input_pipeline.get_builder(config)

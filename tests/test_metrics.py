@@ -97,3 +97,58 @@ def test_within_class_diversity_is_the_mean_pairwise_distance_per_class():
   # Unit-variance Gaussians in d dims: E|a - b| ~ sqrt(2 d).
   big = rng.normal(size=(4000, 64))
   assert abs(metrics.within_class_diversity(big, np.arange(4000) % 2) / np.sqrt(128) - 1) < 0.02
+
+
+def brute_force_prdc(real, fake, k_pr=3, k_dc=5):
+  """The four definitions written out sample by sample, with loops."""
+  def radius(x, i, k):
+    return sorted(np.linalg.norm(x[i] - x[j]) for j in range(len(x)) if j != i)[k - 1]
+  dist = lambda a, b: np.linalg.norm(a - b)
+  real_pr = [radius(real, i, k_pr) for i in range(len(real))]
+  fake_pr = [radius(fake, j, k_pr) for j in range(len(fake))]
+  real_dc = [radius(real, i, k_dc) for i in range(len(real))]
+  precision = np.mean([any(dist(f, r) <= real_pr[i] for i, r in enumerate(real)) for f in fake])
+  recall = np.mean([any(dist(r, f) <= fake_pr[j] for j, f in enumerate(fake)) for r in real])
+  density = np.sum([[dist(f, r) <= real_dc[i] for i, r in enumerate(real)] for f in fake]) / (
+      k_dc * len(fake))
+  coverage = np.mean([any(dist(f, r) <= real_dc[i] for f in fake) for i, r in enumerate(real)])
+  return dict(precision=precision, recall=recall, density=density, coverage=coverage)
+
+
+def test_precision_recall_density_coverage_match_the_definitions_sample_by_sample():
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(60, 5)), rng.normal(0.4, 1.3, size=(45, 5))
+  got = metrics.precision_recall_density_coverage(real, fake)
+  want = brute_force_prdc(real, fake)
+  for name in want:
+    assert got[name] == pytest.approx(want[name], abs=1e-12), name
+  # Chunked: the same numbers when the rows are taken a few at a time.
+  assert metrics.knn_radii(real, 3, chunk=7) == pytest.approx(metrics.knn_radii(real, 3))
+  assert 0 < got['precision'] < 1 and 0 < got['recall'] < 1
+
+
+def test_precision_recall_density_coverage_of_known_cases():
+  rng = np.random.default_rng(1)
+  real = rng.normal(size=(200, 8))
+  # A set against itself: every ball holds its centre and its k nearest neighbours.
+  same = metrics.precision_recall_density_coverage(real, real.copy())
+  assert same == pytest.approx(dict(precision=1, recall=1, density=6 / 5, coverage=1))
+  # Far apart: nothing of one set is in the other's balls.
+  apart = metrics.precision_recall_density_coverage(real, real + 100)
+  assert apart == dict(precision=0, recall=0, density=0, coverage=0)
+  # Collapsed onto 3 of 1,000 real points (with jitter far below the real radii):
+  # faithful, no variety. Each point lies in about k others' balls, so coverage is
+  # about 3 (k_dc + 1) / 1,000.
+  many = rng.normal(size=(1000, 8))
+  collapsed = many[[0, 1, 2]].repeat(100, 0) + rng.normal(0, 1e-4, (300, 8))
+  c = metrics.precision_recall_density_coverage(many, collapsed)
+  assert c['precision'] == 1 and c['recall'] <= 0.01 and c['coverage'] <= 0.05, c
+  # Per class: the mean of each class's numbers.
+  labels = np.arange(200) % 2
+  fake = rng.normal(size=(100, 8))
+  fake_labels = np.arange(100) % 2
+  per_class = metrics.per_class_precision_recall(real, labels, fake, fake_labels)
+  each = [metrics.precision_recall_density_coverage(real[labels == c], fake[fake_labels == c])
+          for c in (0, 1)]
+  for name in per_class:
+    assert per_class[name] == pytest.approx((each[0][name] + each[1][name]) / 2)

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from sagan_jax import train_state
 from sagan_jax.config import default_config
@@ -98,3 +99,54 @@ def test_both_resampling_paths_compile_and_agree():
   assert jax.tree.structure(d0) == jax.tree.structure(d1)
   np.testing.assert_allclose(i1, i0, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(l1, l0, rtol=1e-4, atol=1e-4)
+
+
+def test_sn_linear_cbn_gives_each_class_its_own_normalised_gain_and_bias():
+  """cbn='sn_linear' (StudioGAN): BN(x) (1 + W_g[y] / sigma_g) + W_b[y] / sigma_b, with
+  the tables drawn by `init` and spectrally normalised; soft labels mix the rows.
+  'tables' (the default) starts every class at gain 1 and bias 0."""
+  from sagan_jax.layers import ConditionalBatchNorm, sigma
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 4, 16))
+  y = jnp.array([0, 1, 2, 0, 1, 2])
+  cbn = ConditionalBatchNorm(3, gain_bias='sn_linear', kernel_init=nn.initializers.orthogonal())
+  variables = cbn.init(jax.random.PRNGKey(1), x, y, train=True)
+  out, _ = cbn.apply(variables, x, y, train=True, mutable=['batch_stats'])
+  p, u = variables['params'], variables['spectral']
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  normed = (x - mean) / jnp.sqrt(var + 1e-5)
+  table = lambda name: p[name]['embedding'] / sigma(p[name]['embedding'], u[name]['u'])
+  rows = lambda name: table(name)[y]
+  want = normed * (1 + rows('gain'))[:, None, None] + rows('bias')[:, None, None]
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+  # Orthogonal rows: every class differs from the others from the first step.
+  rows_g = np.asarray(p['gain']['embedding'])
+  np.testing.assert_allclose(rows_g @ rows_g.T, np.eye(3), atol=1e-5)
+  soft = jnp.eye(3)[y] * 0.5 + jnp.eye(3)[(y + 1) % 3] * 0.5
+  mixed, _ = cbn.apply(variables, x, soft, train=True, mutable=['batch_stats'])
+  gain, bias = soft @ table('gain'), soft @ table('bias')
+  np.testing.assert_allclose(mixed, normed * (1 + gain)[:, None, None] + bias[:, None, None],
+                             rtol=1e-4, atol=1e-5)
+  tables = ConditionalBatchNorm(3).init(jax.random.PRNGKey(1), x, y, train=True)
+  assert 'spectral' not in tables
+  np.testing.assert_array_equal(tables['params']['gain'], np.ones((3, 16)))
+
+
+def test_d_shortcut_relu_feeds_relu_x_to_later_blocks_shortcuts():
+  """d_shortcut_relu (StudioGAN's in-place ReLU): the same D for a non-negative input
+  to every later block, another one otherwise; the parameters are the same."""
+  import functools
+  from sagan_jax.layers import SNConv
+  from sagan_jax.models import DBlock
+  conv = functools.partial(SNConv)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+  blocks = [DBlock(8, conv, True, preactivation=True, shortcut_relu=r) for r in (False, True)]
+  variables = blocks[0].init(jax.random.PRNGKey(1), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      blocks[1].init(jax.random.PRNGKey(1), x))
+  outs = [b.apply(variables, x) for b in blocks]
+  assert not np.allclose(outs[0], outs[1])
+  positive = [b.apply(variables, jnp.abs(x)) for b in blocks]
+  np.testing.assert_array_equal(positive[0], positive[1])
+  # The shortcut of the StudioGAN form is the shortcut conv of ReLU(x), pooled.
+  first = [DBlock(8, conv, True, preactivation=False, shortcut_relu=r) for r in (False, True)]
+  np.testing.assert_array_equal(first[0].apply(variables, x), first[1].apply(variables, x))

@@ -155,3 +155,27 @@ def test_adam_is_ttur_with_beta1_zero(tiny):
   for tx, lr in ((g_tx, tiny.config.g_lr), (d_tx, tiny.config.d_lr)):
     updates, _ = tx.update(grads, tx.init(grads))
     np.testing.assert_allclose(updates['w'], -lr, rtol=1e-4)  # Adam's first step: -lr * sign
+
+
+def test_every_call_advances_u_and_bn_averages_at_every_training_forward(tiny):
+  """state_updates='every_call' (PyTorch modules as StudioGAN runs them): a D step
+  runs D on the reals, then on the fakes (u advancing twice) and G once in training
+  mode (its u and BN averages advance); the G step advances G's u and D's u once."""
+  config = tiny.config.copy_and_resolve_references()
+  config.state_updates = 'every_call'
+  update = train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  d_step, g_step = jax.jit(update.d_step), jax.jit(update.g_step)
+  state, batch = update.init(0), tiny.batch(1)
+  keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 2)
+  s0 = host(state)
+  state1, _ = d_step(state, batch['image'][0], batch['label'][0], keys[0])
+  s1 = host(state1)
+  assert_tree_close(s1.d_spectral, iterate_all(s0.d_spectral, s0.d_params, 2), rtol=1e-4,
+                    atol=1e-5)
+  assert max_distance(s1.d_spectral, iterate_all(s0.d_spectral, s0.d_params, 1)) > 1e-2
+  assert_tree_close(s1.g_spectral, iterate_all(s0.g_spectral, s0.g_params), rtol=1e-5, atol=1e-6)
+  assert max_distance(s1.g_batch_stats, s0.g_batch_stats) > 0
+  state2, _ = g_step(state1, keys[1])
+  s2 = host(state2)
+  assert_tree_close(s2.d_spectral, iterate_all(s1.d_spectral, s1.d_params), rtol=1e-4, atol=1e-5)
+  assert_tree_close(s2.g_spectral, iterate_all(s1.g_spectral, s1.g_params), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,149 @@
+"""Gradient accumulation, rematerialisation and the memory check (the paper's batch on
+smaller accelerators)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sagan_jax import checkpoint, train
+from sagan_jax.layers import advance_spectral
+from sagan_jax.losses import generator_loss
+from test_parallel import _batches, _run
+from test_train import assert_tree_close, host, iterate_all
+
+
+@pytest.fixture(scope='module')
+def accumulating(tiny):
+  """The tiny config with K = 2 micro-batches of 4, on the 8 devices... of which each
+  micro-batch needs one row per device: batch 16."""
+  config = tiny.config.copy_and_resolve_references()
+  config.update(grad_accumulation=2, batch_size=16, num_d_steps=1)
+  return config, train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
+
+
+def _halves(x, k=2):  # the micro-batches of Update.micro_batches: rows j, k + j, ...
+  return [x[j::k] for j in range(k)]
+
+
+def test_d_gradient_is_the_mean_over_micro_batches_and_u_advances_once(tiny, accumulating):
+  config, update = accumulating
+  state = update.init(0)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), np.uint8))
+  labels = jnp.asarray(rng.integers(0, 4, (16,), np.int32))
+  z, y_fake = jax.random.normal(jax.random.PRNGKey(1), (16, config.z_dim)), labels[::-1]
+  grads, spectral, _ = jax.jit(update.d_gradients)(state, images, labels, z, y_fake)
+  # u: one power iteration, before the first micro-batch.
+  s0 = host(state)
+  assert_tree_close(host(spectral), iterate_all(s0.d_spectral, s0.d_params), rtol=1e-5, atol=1e-6)
+  # Each half's fakes, generated from its own z with its own BN statistics.
+  fakes = [update.generate(state, state.g_params, zh, yh, mutable=['batch_stats'])[0]
+           for zh, yh in zip(_halves(z), _halves(y_fake))]
+  grad = lambda im, lab, fake, yf: jax.grad(lambda p: update.d_loss(
+      p, spectral, im, lab, fake, yf, advance=False)[0])(state.d_params)
+  per_half = [grad(*h, f, yf) for h, f, yf in zip(zip(_halves(images), _halves(labels)), fakes,
+                                                  _halves(y_fake))]
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, *per_half)
+  assert_tree_close(host(grads), host(mean), rtol=1e-4, atol=1e-6)
+  # D has no batch norm: with those fakes the mean is the whole batch's gradient.
+  whole = grad(jnp.concatenate(_halves(images)), jnp.concatenate(_halves(labels)),
+               jnp.concatenate(fakes), jnp.concatenate(_halves(y_fake)))
+  assert_tree_close(host(grads), host(whole), rtol=1e-4, atol=1e-6)
+
+
+def test_g_gradient_is_the_mean_over_micro_batches_with_their_own_statistics(tiny, accumulating):
+  config, update = accumulating
+  state = update.init(0)
+  z = jax.random.normal(jax.random.PRNGKey(2), (16, config.z_dim))
+  y = jnp.arange(16) % 4
+  grads, batch_stats, g_spectral, _ = jax.jit(update.g_gradients)(state, z, y)
+  s0 = host(state)
+  assert_tree_close(host(g_spectral), iterate_all(s0.g_spectral, s0.g_params), rtol=1e-5,
+                    atol=1e-6)
+  with_u = state.replace(g_spectral=g_spectral)
+  d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
+
+  def half(zh, yh):
+    def loss(p):
+      fake, new = update.generate(with_u, p, zh, yh, mutable=['batch_stats'])
+      return generator_loss(config.loss, update.discriminator.apply(d_vars, fake, yh)), new
+    return jax.grad(loss, has_aux=True)(state.g_params)
+
+  (g0, new0), (g1, new1) = (half(zh, yh) for zh, yh in zip(_halves(z), _halves(y)))
+  # (atol: the conv biases before a batch norm have gradients of round-off, ~1e-7.)
+  assert_tree_close(host(grads), host(jax.tree.map(lambda a, b: (a + b) / 2, g0, g1)), rtol=1e-4,
+                    atol=1e-5)
+  # The BN averages move once, by the mean of the two micro-batches' statistics.
+  assert_tree_close(host(batch_stats), host(jax.tree.map(
+      lambda a, b: (a + b) / 2, new0['batch_stats'], new1['batch_stats'])), rtol=1e-5, atol=1e-7)
+  m = config.bn_momentum
+  start = host(state.g_batch_stats)
+  moved = jax.tree.map(lambda new, old: (new - m * old) / (1 - m), host(batch_stats), start)
+  assert max(jax.tree.leaves(jax.tree.map(lambda a: float(np.abs(a).max()), moved))) > 0
+
+
+def test_accumulation_steps_once_and_one_device_equals_eight(tiny, accumulating):
+  config, _ = accumulating
+  batches = _batches(config, 2)
+  one = _run(config, train.make_mesh(jax.devices()[:1]), tiny.generator, tiny.discriminator,
+             batches)
+  eight = _run(config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+  assert int(eight[0].step) == 2
+  for m1, m8 in zip(one[1], eight[1]):
+    for key in m1:
+      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  for net in ('d_params', 'd_spectral', 'g_spectral', 'g_batch_stats'):
+    assert_tree_close(getattr(one[0], net), getattr(eight[0], net), rtol=1e-4, atol=1e-5)
+
+
+def test_remat_gives_the_same_step_in_less_memory(tiny):
+  config = tiny.config.copy_and_resolve_references()
+  config.update(ch=8, batch_size=64)
+  results = {}
+  for remat in (False, True):
+    config.remat = remat
+    update = train.Update(config, *train.make_models(config), tiny.mesh)
+    state = update.init(0)
+    compiled = update.compile_for(checkpoint.abstract(update.shapes(), tiny.mesh))
+    batch = train.shard_batch(_batches(config, 1)[0], tiny.mesh)
+    new, metrics = compiled(state, batch)
+    results[remat] = (train.step_memory(compiled), host(new), jax.device_get(metrics))
+  (m0, s0, l0), (m1, s1, l1) = results[False], results[True]
+  for key in ('d_loss', 'g_loss', 'd_grad_norm', 'g_grad_norm'):
+    np.testing.assert_allclose(l1[key], l0[key], rtol=1e-5, err_msg=key)
+  # Adam's first step (beta1 = 0) is +-lr for any nonzero gradient, so a gradient of
+  # round-off size may step either way: parameters agree to 2 lr, most of them exactly.
+  for net, lr in (('d_params', config.d_lr), ('g_params', config.g_lr)):
+    a, b = (np.concatenate([x.ravel() for x in jax.tree.leaves(getattr(s, net))]) for s in (s1, s0))
+    assert np.abs(a - b).max() <= 2.01 * lr and np.mean(np.abs(a - b) > 1e-6) < 0.01, net
+  assert m1['temporaries'] < m0['temporaries'], (m0, m1)
+
+
+def test_the_memory_check_stops_what_cannot_fit_in_one_line(tiny):
+  config = tiny.config
+  compiled = tiny.update.compile_for(checkpoint.abstract(tiny.update.shapes(), tiny.mesh))
+  need = train.step_memory(compiled)['peak']
+  assert train.check_memory(compiled, config, None)['peak'] == need  # the CPU: no limit
+  assert train.check_memory(compiled, config, need)['peak'] == need  # just fits
+  with pytest.raises(train.MemoryFitError) as error:
+    train.check_memory(compiled, config, need - 1)
+  message = str(error.value)
+  assert '\n' not in message and 'MiB per device' in message
+  for fix in ('--config.remat=True', '--config.dtype=bfloat16', 'a smaller --config.batch_size'):
+    assert fix in message
+
+
+def test_a_run_that_cannot_fit_stops_before_training_and_resumes_under_another_k(
+    tfds_dir, tmp_path, monkeypatch):
+  from tiny_config import shapes_config
+  config = lambda **kw: shapes_config(tfds_dir, num_d_steps=1, checkpoint_every_steps=2, **kw)
+  monkeypatch.setattr(train, 'device_memory_limit', lambda: 1024)
+  with pytest.raises(train.MemoryFitError, match='nothing was trained'):
+    train.train_and_evaluate(config(num_train_steps=2), str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists() or not list((tmp_path / 'checkpoints').iterdir())
+  monkeypatch.undo()
+  # The state does not depend on K: 2 steps with K = 1, then 2 more with K = 2.
+  assert int(train.train_and_evaluate(config(num_train_steps=2), str(tmp_path)).step) == 2
+  state = train.train_and_evaluate(config(num_train_steps=4, grad_accumulation=2, batch_size=16),
+                                   str(tmp_path))
+  assert int(state.step) == 4
