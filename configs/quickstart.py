@@ -1,11 +1,15 @@
-"""Learns 4,000 real MNIST digits (the embedded `sagan_digits`, no download) in under
-10 minutes on 2 CPU cores. Evaluates itself every 500 steps with the shipped digits
-classifier, against the floor of the 1,000 held-out digits.
+"""Learns 4,000 real MNIST digits (the embedded `sagan_digits`, no download) in about
+10 minutes on 2 CPU cores (10 min 13 s measured). Evaluates itself at the end with the
+shipped digits classifier, against the floor of the 1,000 held-out digits.
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/sagan_quickstart
 
-The model and training settings are those of the PyTorch comparison in BENCHMARKS.md
-("Real digits"): 64 channels, attention at 16x16, z 64, batch 32, G 2e-4 / D 8e-4.
+The model and the training settings are those of the PyTorch comparison in
+BENCHMARKS.md ("Real digits"): 64 channels, attention at 16x16, z 64, batch 32, G 2e-4 /
+D 8e-4, Adam (0, 0.999). Where PyTorch-StudioGAN's SAGAN differs from the authors' code,
+this config takes StudioGAN's way: together they learned the classes far faster there
+(class accuracy 98% against 79% after 1,000 steps, seed 0); which of them matter is
+measured there too.
 """
 from sagan_jax.config import default_config
 
@@ -21,13 +25,22 @@ def get_config():
   c.batch_size = 32
   c.g_lr = 2e-4  # TTUR 1:4 as in the paper, at twice its rates
   c.d_lr = 8e-4
-  c.num_train_steps = 1000  # 2 steps/s on the 2-core CPU (one device per core)
-  c.bn_momentum = 0.99  # a short run: let the raw G's moving BN statistics keep up
+  c.num_train_steps = 1000  # about 2 steps/s on the 2-core CPU (one device per core)
+  # StudioGAN's ways (the defaults are the authors' code's):
+  c.cbn = 'sn_linear'  # per-class BN gain and bias from an SN-linear map of the label
+  c.init = 'orthogonal'
+  c.bn_eps = 1e-4
+  c.bn_momentum = 0.9  # PyTorch's momentum 0.1: the raw G's BN averages follow ~10 steps
+  c.state_updates = 'every_call'  # D on real, then on fake; u moves at every training call
+  c.adam_eps = 1e-6
+  c.sn_eps = 1e-6
+  c.d_shortcut_relu = True
   c.ema_decay = 0.99
   c.ema_start_step = 800
   c.log_every_steps = 50
-  c.sample_every_steps = 100
+  c.sample_every_steps = 200
   c.checkpoint_every_steps = 500
-  c.eval_every_steps = 500  # and at the last step; the floor is logged before the first
+  c.eval_every_steps = 1000  # at the end (the floor is logged before the first step): one
+  #   evaluation more at step 500 took the command past 10 minutes (10 min 34 s)
   c.eval_num_samples = 5_000
   return c

@@ -112,7 +112,8 @@ class _Network(nn.Module):
   sn_steps: int = 1
   sn_eps: float = 1e-12
   dtype: Any = jnp.float32
-  remat: bool = False  # recompute each residual block's activations in the backward pass
+  remat: bool = False  # recompute each residual block's and the attention's activations in
+  #   the backward pass (the attention's [B, N, N/4] weights are the largest at 64x64)
 
 
 class Generator(_Network):
@@ -133,10 +134,11 @@ class Generator(_Network):
     h = SNDense(4 * 4 * widths[0], kernel_init=INITIALIZERS[self.initializer], name='linear', **sn)(z)
     h = h.reshape(-1, 4, 4, widths[0])
     block = nn.remat(GBlock, static_argnums=(3,)) if self.remat else GBlock  # (self, x, y, train)
+    attention = nn.remat(SelfAttention) if self.remat else SelfAttention
     for i, width in enumerate(widths[1:]):
       h = block(width, conv, cbn, name=f'block{i + 1}')(h, y, train)
       if h.shape[1] == self.attention_resolution:
-        h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
+        h = attention(conv, self.attention, self.attention_impl, name='attention')(h)
     h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                      epsilon=self.bn_eps, dtype=self.dtype, name='bn')(h)
     h = conv(3, name='conv_out')(nn.relu(h))
@@ -154,11 +156,12 @@ class Discriminator(_Network):
     conv = functools.partial(SNConv, kernel_init=init, fused=self.fused_resampling, **sn)
     h = x
     block = nn.remat(DBlock) if self.remat else DBlock
+    attention = nn.remat(SelfAttention) if self.remat else SelfAttention
     for i, (mult, down) in enumerate(ARCHITECTURES[self.image_size][1]):
       h = block(self.ch * mult, conv, down, preactivation=i > 0,
                  shortcut_relu=self.shortcut_relu, name=f'block{i + 1}')(h)
       if down and h.shape[1] == self.attention_resolution:
-        h = SelfAttention(conv, self.attention, self.attention_impl, name='attention')(h)
+        h = attention(conv, self.attention, self.attention_impl, name='attention')(h)
     # The head runs in float32: a bf16 sum over H*W positions would lose precision.
     h = jnp.sum(nn.relu(h).astype(jnp.float32), axis=(1, 2))  # global sum pool, [B, C]
     head = dict(sn, dtype=jnp.float32)

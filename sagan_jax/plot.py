@@ -39,6 +39,8 @@ EVAL_PANELS = (  # metric suffix, title, log scale
     ('class_accuracy', 'class accuracy', False),
     ('frechet_distance', 'Frechet distance (classifier)', True),
     ('fid', 'FID', True),
+    ('precision', 'precision (k=3)', False),
+    ('recall', 'recall (k=3)', False),
     ('diversity_vs_data', 'within-class feature diversity / data', False),
     ('colour_diversity_vs_data', 'within-class colour diversity / data', False),
 )

@@ -1,5 +1,7 @@
 """Gradient accumulation, rematerialisation and the memory check (the paper's batch on
 smaller accelerators)."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,7 +100,7 @@ def test_accumulation_steps_once_and_one_device_equals_eight(tiny, accumulating)
 
 def test_remat_gives_the_same_step_in_less_memory(tiny):
   config = tiny.config.copy_and_resolve_references()
-  config.update(ch=8, batch_size=64)
+  config.update(ch=4, batch_size=32)
   results = {}
   for remat in (False, True):
     config.remat = remat
@@ -134,16 +136,20 @@ def test_the_memory_check_stops_what_cannot_fit_in_one_line(tiny):
 
 
 def test_a_run_that_cannot_fit_stops_before_training_and_resumes_under_another_k(
-    tfds_dir, tmp_path, monkeypatch):
+    runs, tfds_dir, tmp_path, monkeypatch):
+  """The 4 straight steps of the `runs` fixture (K = 1), resumed for 2 more with K = 2:
+  the state does not depend on K. And the same resume, on a device too small for the
+  step, stops before training with the memory check's message, its checkpoints kept."""
+  import shutil
   from tiny_config import shapes_config
-  config = lambda **kw: shapes_config(tfds_dir, num_d_steps=1, checkpoint_every_steps=2, **kw)
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(runs[0], workdir)
+  config = shapes_config(tfds_dir, num_train_steps=6, checkpoint_every_steps=2,
+                         grad_accumulation=2, batch_size=16)
   monkeypatch.setattr(train, 'device_memory_limit', lambda: 1024)
   with pytest.raises(train.MemoryFitError, match='nothing was trained'):
-    train.train_and_evaluate(config(num_train_steps=2), str(tmp_path))
-  assert not (tmp_path / 'checkpoints').exists() or not list((tmp_path / 'checkpoints').iterdir())
+    train.train_and_evaluate(config, workdir)
   monkeypatch.undo()
-  # The state does not depend on K: 2 steps with K = 1, then 2 more with K = 2.
-  assert int(train.train_and_evaluate(config(num_train_steps=2), str(tmp_path)).step) == 2
-  state = train.train_and_evaluate(config(num_train_steps=4, grad_accumulation=2, batch_size=16),
-                                   str(tmp_path))
-  assert int(state.step) == 4
+  assert sorted(n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit()) == [
+      '2', '4']
+  assert int(train.train_and_evaluate(config, workdir).step) == 6

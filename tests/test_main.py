@@ -19,7 +19,7 @@ def test_readme_quickstart_command(tfds_dir, tmp_path):
   assert os.path.exists(tmp_path / 'samples' / '0000004_ema.png')
   # A quiet console: this program's lines, none of Orbax's, JAX's or TensorFlow's chatter.
   lines = result.stderr.strip().splitlines()
-  assert len(lines) <= 14, result.stderr
+  assert len(lines) <= 15, result.stderr
   for noise in ('orbax', 'CheckpointManager', 'oneDNN', 'libtpu', 'absl::InitializeLog',
                 'cache_dataset_ops'):
     assert noise not in result.stderr, noise
@@ -27,7 +27,8 @@ def test_readme_quickstart_command(tfds_dir, tmp_path):
   # The quickstart evaluates itself at its last step, against the floor it logged first.
   assert 'Evaluation floor (100 real images' in result.stderr
   assert 'eval at step 4 | eval/ema/frechet_distance' in result.stderr
-  assert 'eval/ema/colour_diversity_vs_data' in result.stderr
+  for metric in ('class_accuracy', 'precision', 'recall', 'density', 'coverage'):
+    assert f'eval/ema/{metric} ' in result.stderr, metric
 
 
 def test_main_trains_the_cifar10_config_under_mock_data(tmp_path):
