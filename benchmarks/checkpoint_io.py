@@ -17,9 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 from ml_collections import config_flags
 
-from sagan_jax import checkpoint, input_pipeline, logs, train
+from sagan_jax import checkpoint, input_pipeline, logs
 from sagan_jax.mesh import make_mesh
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.')
@@ -37,7 +38,7 @@ def main(argv):
   data = input_pipeline.create_train_iterator(config, mesh)
   for _ in range(3):
     next(data)
-  update = train.Update(config, *make_models(config), mesh)
+  update = Update(config, *make_models(config), mesh)
   state = update.init(config.seed)
   saves, restores = [], []
   with tempfile.TemporaryDirectory() as workdir:

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sagan_jax import (checkpoint, classifier, evaluation, sampling, train,  # noqa: E402
                        train_state)
 from sagan_jax.models import make_models  # noqa: E402
+from sagan_jax.update import Update
 
 flags.DEFINE_string('workdir', None, 'A workdir of a quickstart run.')
 flags.DEFINE_integer('num_samples', 10_000, 'Samples per evaluation.')
@@ -63,7 +64,7 @@ def main(argv):
   reference, class_ref, classes = evaluation.references(  # intra-class: every class
       config, extractor, FLAGS.num_samples, cache, 'all')
   images = sampling.ImageSampler(generator, mesh)
-  initial = train.Update(config, generator, discriminator, mesh).init(config.seed)
+  initial = Update(config, generator, discriminator, mesh).init(config.seed)
   results = []
   for step in [0] + steps:
     if step == 0:

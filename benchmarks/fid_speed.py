@@ -26,6 +26,7 @@ from ml_collections import config_flags
 
 from sagan_jax import evaluation, inception, sampling, train, train_state, weights
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 
 config_flags.DEFINE_config_file('config', None, 'Config whose G and image size to time.')
 flags.DEFINE_integer('num_samples', 50_000, 'Samples in the timed FID.')
@@ -39,7 +40,7 @@ def main(argv):
   config = FLAGS.config
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  state = train.Update(config, generator, discriminator, mesh).init(config.seed)
+  state = Update(config, generator, discriminator, mesh).init(config.seed)
   variables = train_state.generator_variables(state, ema=True)
   weights_path = os.path.join(tempfile.mkdtemp(), 'random_inception.npz')
   weights.save(inception.InceptionV3().init(

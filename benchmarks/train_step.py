@@ -38,6 +38,7 @@ from sagan_jax import train
 from sagan_jax.config import validate
 from sagan_jax.mesh import use_cpu_cores
 from sagan_jax.models import make_models
+from sagan_jax.update import Update, step_memory
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -70,7 +71,7 @@ def main(argv):
   validate(config, jax.device_count(), jax.process_count())
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  update = train.Update(config, generator, discriminator, mesh)
+  update = Update(config, generator, discriminator, mesh)
   state = update.init(0)
   rng = np.random.default_rng(0)
   shape = (config.num_d_steps, config.batch_size // jax.process_count())
@@ -84,7 +85,7 @@ def main(argv):
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
-  estimate = {k: round(v / 2**20, 1) for k, v in train.step_memory(step).items()}
+  estimate = {k: round(v / 2**20, 1) for k, v in step_memory(step).items()}
   settings = {k: config[k] for k in ('image_size', 'ch', 'batch_size', 'num_d_steps',
                                      'attention_resolution', 'dtype', 'grad_accumulation',
                                      'remat', 'attention_impl', 'resampling')}

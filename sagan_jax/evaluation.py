@@ -3,6 +3,10 @@
 dataset, class accuracy and a Frechet distance from a small classifier trained
 on it (`--features=classifier`). Generation and feature extraction run on all
 devices; the statistics are computed on the host in float64 (metrics.py).
+
+Scoring samples (Extractor, generate, score, evaluate) needs no TensorFlow or TFDS
+(benchmarks/accelerator_check.py runs it without them); only reading a dataset's
+reference images does, so input_pipeline is imported where that happens.
 """
 import concurrent.futures
 import os
@@ -16,8 +20,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import (classifier, inception, input_pipeline, logs, metrics, sampling,
-                       shapes_dataset)
+from sagan_jax import classifier, inception, logs, metrics, sampling, shapes_dataset
 from sagan_jax.config import ConfigError, class_indices
 from sagan_jax.mesh import global_array
 from sagan_jax.preprocessing import preprocess
@@ -89,6 +92,7 @@ def dataset_batches(config, split: str, num: int = 0, classes=None, batch_size: 
   """(uint8 images, int32 labels) batches of the split, preprocessed as for
   training: its first `num` examples (0: all), or only those of `classes`
   (chosen by label before any image is decoded)."""
+  from sagan_jax import input_pipeline  # TFDS: see the module's docstring
   source = input_pipeline.data_source(config, split)
   indices = range(len(source))
   if classes is not None:
@@ -150,6 +154,15 @@ def _extract(extractor: Extractor, batches, what: str, total: int | None = None,
   return out
 
 
+def statistics(features: np.ndarray, labels: np.ndarray) -> dict:
+  """What score() compares with, of real images' features and labels: mu, sigma, the
+  within-class diversity, and (up to KID_FEATURES) the features and labels."""
+  mu, sigma = metrics.moments(features)
+  return {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES],
+          'labels': labels[:KID_FEATURES],
+          'diversity': metrics.within_class_diversity(features, labels)}
+
+
 def reference_statistics(config, extractor: Extractor, split: str, num: int,
                          cache_dir: str) -> dict:
   """mu, sigma, the within-class diversity (of the features, and for the
@@ -160,10 +173,7 @@ def reference_statistics(config, extractor: Extractor, split: str, num: int,
   def compute():
     features, labels, *colour = _extract(extractor, dataset_batches(config, split, num),
                                          'reference', num, with_colours=embedded)
-    mu, sigma = metrics.moments(features)
-    stats = {'mu': mu, 'sigma': sigma, 'features': features[:KID_FEATURES],
-             'labels': labels[:KID_FEATURES],
-             'diversity': metrics.within_class_diversity(features, labels)}
+    stats = statistics(features, labels)
     if embedded:
       c, both = colour
       stats['colour_diversity'] = metrics.within_class_diversity(c[both], labels[both])
@@ -239,6 +249,7 @@ def floor(config, extractor: Extractor, reference: dict, num: int, cache_dir: st
   if config.dataset == 'sagan_shapes':
     real = lambda: map(np.stack, zip(*shapes_dataset.generate(num, seed=2)))
   else:
+    from sagan_jax import input_pipeline  # TFDS: see the module's docstring
     available = input_pipeline.get_builder(config).info.splits
     splits = [s for s in ('test', 'validation') if s in available]
     if not splits:

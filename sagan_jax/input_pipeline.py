@@ -38,10 +38,10 @@ import tensorflow_datasets as tfds
 
 from sagan_jax import resized_dataset
 from sagan_jax.preprocessing import preprocess
-from sagan_jax import digits_dataset, shapes_dataset  # register the embedded TFDS builders
+from sagan_jax.embedded_datasets import SaganDigits, SaganShapes  # registers them with TFDS
 
 ARRAY_RECORD = tfds.core.FileFormat.ARRAY_RECORD
-EMBEDDED = (shapes_dataset.SaganShapes.name, digits_dataset.SaganDigits.name)
+EMBEDDED = (SaganShapes.name, SaganDigits.name)
 MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
 
 

@@ -4,10 +4,10 @@ Ten classes of drawn shapes and textures. Position, size, stripe period and
 both colours are random and independent of the class, so the class is in the
 spatial structure alone: a GAN must learn shapes, and a person can tell the
 classes apart in a sample grid. Examples are generated from fixed seeds, so
-every machine prepares the same dataset.
+every machine prepares the same dataset. No TFDS here: its builder is in
+embedded_datasets.py.
 """
 import numpy as np
-import tensorflow_datasets as tfds
 
 CLASS_NAMES = ('disc', 'square', 'triangle', 'ring', 'plus', 'x_cross',
                'h_stripes', 'v_stripes', 'd_stripes', 'checkerboard')
@@ -74,29 +74,3 @@ def split_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
   images, labels = zip(*generate(*SPLITS[split]))
   return np.stack(images), np.array(labels, np.int32)
 
-
-class SaganShapes(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of the embedded dataset; prepares locally in seconds."""
-
-  VERSION = tfds.core.Version('2.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.',
-                   '2.0.0': 'Prepared as ArrayRecord files, which training reads by index.'}
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(SIZE, SIZE, 3)),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
-        supervised_keys=('image', 'label'),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    return {split: self._generate_examples(n, seed) for split, (n, seed) in SPLITS.items()}
-
-  def _generate_examples(self, num_examples, seed):
-    for i, (image, label) in enumerate(generate(num_examples, seed)):
-      yield i, {'image': image, 'label': label}

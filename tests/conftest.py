@@ -23,6 +23,7 @@ import pytest
 
 from sagan_jax import train
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 from tiny_config import shapes_config, tiny_config
 
 
@@ -33,7 +34,7 @@ class Tiny:
     self.config = tiny_config()
     self.mesh = train.make_mesh()
     self.generator, self.discriminator = make_models(self.config)
-    self.update = train.Update(self.config, self.generator, self.discriminator, self.mesh)
+    self.update = Update(self.config, self.generator, self.discriminator, self.mesh)
     self.train_step = self.update.compile()
 
   def new_state(self, seed=0):

@@ -13,6 +13,7 @@ import numpy as np
 
 from sagan_jax import train
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 from tiny_config import tiny_config
 
 
@@ -21,7 +22,7 @@ def main(port, process_id, num_processes, grad_accumulation=1):
   config = tiny_config(grad_accumulation=grad_accumulation)
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
-  update = train.Update(config, generator, discriminator, mesh)
+  update = Update(config, generator, discriminator, mesh)
   state, step = update.init(0), update.compile()
   rng = np.random.default_rng(0)
   per_process = config.batch_size // num_processes

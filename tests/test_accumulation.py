@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from sagan_jax import checkpoint, train
-from sagan_jax.layers import advance_spectral
+from sagan_jax.models import make_models
 from sagan_jax.losses import generator_loss
+from sagan_jax.update import MemoryFitError, Update, check_memory, step_memory
 from test_parallel import _batches, _run
 from test_train import assert_tree_close, host, iterate_all
 
@@ -20,7 +21,7 @@ def accumulating(tiny):
   micro-batch needs one row per device: batch 16."""
   config = tiny.config.copy_and_resolve_references()
   config.update(grad_accumulation=2, batch_size=16, num_d_steps=1)
-  return config, train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  return config, Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
 
 
 def _halves(x, k=2):  # the micro-batches of Update.micro_batches: rows j, k + j, ...
@@ -104,12 +105,12 @@ def test_remat_gives_the_same_step_in_less_memory(tiny):
   results = {}
   for remat in (False, True):
     config.remat = remat
-    update = train.Update(config, *train.make_models(config), tiny.mesh)
+    update = Update(config, *make_models(config), tiny.mesh)
     state = update.init(0)
     compiled = update.compile_for(checkpoint.abstract(update.shapes(), tiny.mesh))
     batch = train.shard_batch(_batches(config, 1)[0], tiny.mesh)
     new, metrics = compiled(state, batch)
-    results[remat] = (train.step_memory(compiled), host(new), jax.device_get(metrics))
+    results[remat] = (step_memory(compiled), host(new), jax.device_get(metrics))
   (m0, s0, l0), (m1, s1, l1) = results[False], results[True]
   for key in ('d_loss', 'g_loss', 'd_grad_norm', 'g_grad_norm'):
     np.testing.assert_allclose(l1[key], l0[key], rtol=1e-5, err_msg=key)
@@ -124,11 +125,11 @@ def test_remat_gives_the_same_step_in_less_memory(tiny):
 def test_the_memory_check_stops_what_cannot_fit_in_one_line(tiny):
   config = tiny.config
   compiled = tiny.update.compile_for(checkpoint.abstract(tiny.update.shapes(), tiny.mesh))
-  need = train.step_memory(compiled)['peak']
-  assert train.check_memory(compiled, config, None)['peak'] == need  # the CPU: no limit
-  assert train.check_memory(compiled, config, need)['peak'] == need  # just fits
-  with pytest.raises(train.MemoryFitError) as error:
-    train.check_memory(compiled, config, need - 1)
+  need = step_memory(compiled)['peak']
+  assert check_memory(compiled, config, None)['peak'] == need  # the CPU: no limit
+  assert check_memory(compiled, config, need)['peak'] == need  # just fits
+  with pytest.raises(MemoryFitError) as error:
+    check_memory(compiled, config, need - 1)
   message = str(error.value)
   assert '\n' not in message and 'MiB per device' in message
   for fix in ('--config.remat=True', '--config.dtype=bfloat16', 'a smaller --config.batch_size'):
@@ -147,7 +148,7 @@ def test_a_run_that_cannot_fit_stops_before_training_and_resumes_under_another_k
   config = shapes_config(tfds_dir, num_train_steps=6, checkpoint_every_steps=2,
                          grad_accumulation=2, batch_size=16)
   monkeypatch.setattr(train, 'device_memory_limit', lambda: 1024)
-  with pytest.raises(train.MemoryFitError, match='nothing was trained'):
+  with pytest.raises(MemoryFitError, match='nothing was trained'):
     train.train_and_evaluate(config, workdir)
   monkeypatch.undo()
   assert sorted(n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit()) == [

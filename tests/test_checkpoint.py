@@ -17,6 +17,7 @@ from PIL import Image
 
 from sagan_jax import checkpoint, input_pipeline, sampling, train, train_state
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 from processes import single_device_env
 from tiny_config import shapes_config
 
@@ -255,7 +256,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tfds_dir, tmp_path
   monkeypatch.setattr(input_pipeline, 'create_train_iterator',
                       lambda config, mesh: NaNBatches(real(config, mesh), bad={1, 3, 4, 5}))
   # Float batches (uint8 holds no NaN): the step as jit, not compiled ahead for uint8 ones.
-  monkeypatch.setattr(train.Update, 'compile_for', lambda self, state: self.compile())
+  monkeypatch.setattr(Update, 'compile_for', lambda self, state: self.compile())
   monkeypatch.setattr(train, 'check_memory', lambda *args: {})
   config = shapes_config(tfds_dir, num_train_steps=10, checkpoint_every_steps=1,
                          max_nonfinite_steps=3)

@@ -6,12 +6,13 @@ import pytest
 from sagan_jax import sampling, train, train_state
 from sagan_jax.config import ConfigError, validate
 from sagan_jax.models import make_models
+from sagan_jax.update import Update
 from processes import run_workers
 from tiny_config import tiny_config
 
 
 def _run(config, mesh, generator, discriminator, batches):
-  update = train.Update(config, generator, discriminator, mesh)
+  update = Update(config, generator, discriminator, mesh)
   state, step = update.init(0), update.compile()
   history = []
   for batch in batches:
@@ -108,7 +109,7 @@ def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
   global_images, _ = alone(variables, z, y)  # global statistics give other images
   assert np.abs(np.asarray(global_images) - np.asarray(images)).max() > 1e-2
   # And the whole step trains with it.
-  step = train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh).compile()
+  step = Update(config, tiny.generator, tiny.discriminator, tiny.mesh).compile()
   _, metrics = step(state, tiny.batch())
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 

@@ -3,6 +3,7 @@ import jax
 import numpy as np
 
 from sagan_jax import sampling, train, train_state
+from sagan_jax.update import Update
 
 
 def host(tree):
@@ -163,7 +164,7 @@ def test_every_call_advances_u_and_bn_averages_at_every_training_forward(tiny):
   mode (its u and BN averages advance); the G step advances G's u and D's u once."""
   config = tiny.config.copy_and_resolve_references()
   config.state_updates = 'every_call'
-  update = train.Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  update = Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
   d_step, g_step = jax.jit(update.d_step), jax.jit(update.g_step)
   state, batch = update.init(0), tiny.batch(1)
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 2)

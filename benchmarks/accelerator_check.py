@@ -1,0 +1,530 @@
+"""The accelerator check: one command that measures, on whatever device it runs on,
+what a CPU cannot tell us, within a time budget, for a GPU lent for minutes.
+
+  python benchmarks/accelerator_check.py --out=DIR                # a GPU or TPU: ~9 minutes
+  python benchmarks/accelerator_check.py --tiny --out=DIR         # tiny configs (the test)
+
+DIR/check.json holds every number (rewritten after each measurement, so a run killed
+at its limit keeps what it measured); DIR/check.log is the readable log. Parts, the
+most wanted first; each records its numbers, or 'skipped' with the reason (the
+budget ran out, the device cannot), or 'error' with the error, and the others run on:
+
+  attention  cuDNN flash attention against XLA's (bf16, forward and gradient), each
+             against a float32 reference; their speed.
+  step       the configs/imagenet128.py train step at the paper's batch 256 in float32
+             (XLA attention) and bfloat16 (XLA and cuDNN attention), and at batch 64:
+             compile time, ms/step, images/s, MFU against a matmul peak measured here,
+             XLA's memory estimate and the device's peak memory.
+  fid        the 50,000-sample Inception pass at 128 px, sampling included (random
+             Inception weights and G: the speed, not the value).
+  learning   configs/quickstart.py (the digits, made in memory) trained for
+             --train_minutes in float32, then as many steps in bfloat16, each scored like
+             the quickstart's evaluation (shipped classifier, 5,000 samples, raw and EMA G).
+  max_batch  the largest batch per device that compiles and runs at 128 px, per dtype
+             (from XLA's memory estimates where the device gives a limit, then probes).
+  devices    one step on 1 device and on all devices: the same losses (needs 2 devices).
+
+Imports nothing from TensorFlow, TFDS, clu or grain (a lent machine lacks them): the
+wheels it needs beyond jax, flax, optax and orbax are listed in docs/performance.md.
+"""
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from sagan_jax import (digits_dataset, evaluation, inception, sampling,  # noqa: E402
+                       weights)
+from sagan_jax.config import ConfigError, validate  # noqa: E402
+from sagan_jax.layers import attention  # noqa: E402
+from sagan_jax.mesh import make_mesh  # noqa: E402
+from sagan_jax.models import attention_implementation, make_models, on_nvidia_gpu  # noqa: E402
+from sagan_jax.train_state import generator_variables  # noqa: E402
+from sagan_jax.update import Update, step_memory  # noqa: E402
+
+log = logging.getLogger('accelerator_check')
+GIB = 2**30
+
+
+class Skip(Exception):
+  """A part, or one of its measurements, that cannot run here: the reason."""
+
+
+def load_config(name: str, **overrides):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name + '.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(overrides)
+  return config
+
+
+class Check:
+  """The budget, the results and their file."""
+
+  def __init__(self, args):
+    self.args, self.deadline = args, time.monotonic() + args.budget_minutes * 60
+    self.on_gpu = on_nvidia_gpu()
+    self.results = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(' ', 'seconds'),
+                    'command': ' '.join(sys.argv), 'tiny': args.tiny, 'device': {}, 'parts': {}}
+    # Sizes: the paper's on a device, a few channels and pixels with --tiny.
+    self.sizes = dict(big=16, small=8, fid_samples=16, fid_batch=8, fid_reference=256,
+                      eval_samples=256, ema_bn_batches=2, steps=3) if args.tiny else dict(
+                      big=256, small=64, fid_samples=50_000, fid_batch=256,
+                      fid_reference=evaluation.KID_FEATURES, eval_samples=5_000,
+                      ema_bn_batches=16, steps=10)
+
+  def left(self) -> float:
+    return self.deadline - time.monotonic()
+
+  def save(self):
+    path = os.path.join(self.args.out, 'check.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(self.results, f, indent=1, default=float)
+    os.replace(path + '.tmp', path)
+
+  def run(self, name: str, part, min_seconds: float):
+    """Runs part(record) unless less than min_seconds are left; record(key, value)
+    stores a number (and saves the file) as it is measured."""
+    out = self.results['parts'][name] = {}
+    record = lambda key, value: (out.__setitem__(key, value), self.save())
+    start = time.monotonic()
+    try:
+      if self.left() < min_seconds:
+        raise Skip(f'{self.left():.0f} s of the budget left, the part needs ~{min_seconds:.0f}')
+      log.info('part %s (%.0f s of the budget left)', name, self.left())
+      part(record)
+      out['status'] = 'ok'
+    except Skip as e:
+      out.update(status='skipped', reason=str(e))
+    except Exception as e:  # noqa: BLE001 (a failing part must not stop the others)
+      out.update(status='error', error=f'{type(e).__name__}: {e}'[:2000],
+                 traceback=traceback.format_exc()[-3000:])
+    out['seconds'] = round(time.monotonic() - start, 1)
+    log.info('part %s: %s (%.0f s) %s', name, out['status'], out['seconds'],
+             out.get('reason', out.get('error', '')))
+    self.save()
+
+
+def timed(f, *args, repeats: int):
+  """Median seconds of f(*args) (after one untimed call), device-synchronised."""
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak(dtype, n: int) -> float:
+  """FLOP/s of an n x n matmul on the first device: the fastest of 10."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = min(timed(f, a, repeats=1) for _ in range(10))
+  return 2 * n**3 / best
+
+
+def device_part(check, record):
+  device = jax.devices()[0]
+  record('kind', f'{jax.device_count()} x {device.device_kind}')
+  record('platform', device.platform)
+  record('versions', {p: importlib.metadata.version(p) for p in (
+      'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')})
+  stats = device.memory_stats() or {}
+  record('memory_limit_gib', round(stats['bytes_limit'] / GIB, 2) if 'bytes_limit' in stats
+         else None)
+  n = 512 if check.args.tiny else 8192
+  record('matmul_peak_tflop_s', {d: round(matmul_peak(jnp.dtype(d), n) / 1e12, 4)
+                                 for d in ('float32', 'bfloat16')})
+
+
+def attention_part(check, record):
+  """cuDNN vs XLA on one attention of ImageNet-128's G at 64x64 (values 128 wide)."""
+  if not check.on_gpu:
+    raise Skip(f'cuDNN attention needs an NVIDIA GPU; this is {jax.devices()[0].platform}')
+  b, n, m, d, v = 8, 64 * 64, 32 * 32, 32, 128
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  theta, phi = (jax.random.normal(k, (b, s, d)) for k, s in zip(keys[:2], (n, m)))
+  g, weight = jax.random.normal(keys[2], (b, m, v)), jax.random.normal(keys[3], (b, n, v))
+
+  def value_and_grad(impl, dtype):
+    f = lambda t, p, x: jnp.sum(attention(t, p, x, impl).astype(jnp.float32) * weight)
+    grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+    args = [a.astype(dtype) for a in (theta, phi, g)]
+    out = jax.jit(lambda *a: attention(*a, impl))(*args)
+    return out, grad(*args)[1], grad, args
+
+  reference, ref_grads, _, _ = value_and_grad('xla', jnp.float32)
+  scale = lambda x: float(jnp.max(jnp.abs(x)))
+  for impl in ('xla', 'cudnn'):
+    out, grads, grad, args = value_and_grad(impl, jnp.bfloat16)
+    record(impl, {
+        'max_error_vs_f32': round(scale(out.astype(jnp.float32) - reference) / scale(reference), 5),
+        'grad_max_error_vs_f32': round(max(
+            scale(a.astype(jnp.float32) - r) / scale(r) for a, r in zip(grads, ref_grads)), 5),
+        'ms_forward_and_backward': round(timed(grad, *args, repeats=10) * 1e3, 3)})
+  xla, cudnn = check.results['parts']['attention']['xla'], check.results['parts']['attention'][
+      'cudnn']
+  # Agreement: cuDNN's bf16 error within twice XLA's own bf16 error (and 1e-2 at least).
+  record('agree', all(cudnn[k] <= max(2 * xla[k], 1e-2) for k in ('max_error_vs_f32',
+                                                                   'grad_max_error_vs_f32')))
+
+
+def synthetic_batch(config, mesh, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.num_d_steps, config.batch_size)
+  batch = {'image': rng.integers(0, 256, shape + (config.image_size,) * 2 + (3,), np.uint8),
+           'label': rng.integers(0, config.num_classes, shape, np.int32)}
+  return jax.device_put(batch, NamedSharding(mesh, P(None, 'data')))
+
+
+def step_config(check, batch_size: int, dtype: str, attention_impl: str):
+  """configs/imagenet128.py at `batch_size`, `dtype`, `attention_impl`; with --tiny the
+  learning part's config instead (2 channels at 32 px), so that every part shares its
+  compiled steps: compiling is most of --tiny's time."""
+  if check.args.tiny:
+    config = learning_config(check, dtype)
+    config.update(batch_size=batch_size, attention_impl=attention_impl)
+  else:
+    config = load_config('imagenet128', batch_size=batch_size, dtype=dtype,
+                         attention_impl=attention_impl)
+  validate(config, jax.device_count())
+  return config
+
+
+_COMPILED = {}  # (config, devices) -> (update, compiled step, compile seconds)
+_INITIAL = {}  # config but dtype, batch and attention path -> initial state on the host
+
+
+def initial_state(update):
+  """update.init(seed), computed once for all the configs that differ only in the
+  compute dtype, batch size or attention path (the state does not depend on them:
+  parameters are float32 in every dtype) and put on update's mesh."""
+  c = {k: v for k, v in update.config.to_dict().items()
+       if k not in ('dtype', 'batch_size', 'attention_impl')}
+  key = json.dumps(c, sort_keys=True, default=str)
+  if key not in _INITIAL:
+    _INITIAL[key] = jax.device_get(update.init(update.config.seed))
+  state = _INITIAL[key]
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(state) == shapes(update.shapes()), 'the initial state depends on the dtype'
+  return jax.device_put(state, NamedSharding(update.mesh, P()))
+
+
+def compiled_step(config, mesh):
+  """(update, initial state, synthetic batch, compiled step, compile seconds); a step
+  compiled once for a config and mesh serves every part (compiling dominates --tiny)."""
+  key = (json.dumps(config.to_dict(), sort_keys=True, default=str),
+         tuple(d.id for d in mesh.devices.flat))
+  if key not in _COMPILED:
+    update = Update(config, *make_models(config), mesh)
+    state, batch, start = initial_state(update), synthetic_batch(config, mesh), time.perf_counter()
+    _COMPILED[key] = update, update.compile().lower(state, batch).compile(), (
+        time.perf_counter() - start)
+  update, step, seconds = _COMPILED[key]
+  return update, initial_state(update), synthetic_batch(config, mesh), step, seconds
+
+
+def measure_step(check, config, mesh) -> dict:
+  update, state, batch, step, compile_s = compiled_step(config, mesh)
+  cost = step.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
+  memory = step_memory(step)
+  for _ in range(2):  # warm-up
+    state, metrics = step(state, batch)
+  jax.block_until_ready((state, metrics))
+  times = []
+  for _ in range(check.sizes['steps']):
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  step_s = float(np.median(times))
+  peak = check.results['parts']['device']['matmul_peak_tflop_s'][config.dtype] * 1e12
+  stats = jax.devices()[0].memory_stats() or {}
+  return {'attention': attention_implementation(config, check.on_gpu,
+                                                jax.default_backend() == 'cpu'),
+          'compile_s': round(compile_s, 1), 'ms_per_step': round(step_s * 1e3, 2),
+          'ms_per_step_min_max': [round(min(times) * 1e3, 2), round(max(times) * 1e3, 2)],
+          'images_per_s': round(config.batch_size * config.num_d_steps / step_s, 1),
+          'gflop_per_step_per_device': round(flops / 1e9, 2),
+          'mfu': round(flops / step_s / peak, 4),
+          'memory_estimate_gib': {k: round(v / GIB, 3) for k, v in memory.items()},
+          # The device's counter is the process's peak so far (it cannot be reset).
+          'device_peak_gib_so_far': (round(stats['peak_bytes_in_use'] / GIB, 3)
+                                     if 'peak_bytes_in_use' in stats else None),
+          'finite': bool(np.isfinite(float(metrics['d_loss'])))}
+
+
+STEP_VARIANTS = (('big', 'bfloat16', 'cudnn'), ('big', 'float32', 'xla'), ('small', 'bfloat16',
+                 'cudnn'), ('big', 'bfloat16', 'xla'), ('small', 'float32', 'xla'))
+
+
+def step_part(check, record):
+  mesh = make_mesh()
+  share = check.left() * 0.4  # of what is left: the other parts follow
+  stop = time.monotonic() + share
+  for size, dtype, impl in STEP_VARIANTS:
+    if check.args.tiny and size == 'small':  # the same code at another batch
+      continue
+    batch_size = check.sizes[size]
+    name = f'batch{batch_size}_{dtype}_{impl}'
+    if time.monotonic() > stop:
+      record(name, {'skipped': f'the step part\'s share of the budget ({share:.0f} s) is spent'})
+      continue
+    try:
+      config = step_config(check, batch_size, dtype, impl)
+    except ConfigError as e:
+      record(name, {'skipped': str(e)})
+      continue
+    try:
+      record(name, measure_step(check, config, mesh))
+    except Exception as e:  # noqa: BLE001 (e.g. out of memory: the next variant still runs)
+      record(name, {'error': f'{type(e).__name__}: {e}'[:1000]})
+    log.info('step %s: %s', name, check.results['parts']['step'][name])
+
+
+def fid_part(check, record):
+  """The 50,000-sample Inception pass as an evaluation runs it (G, Inception at 299 px,
+  the statistics on the host), G in the dtype the step measured fastest: bfloat16."""
+  s, mesh = check.sizes, make_mesh()
+  dtype = 'bfloat16' if jax.default_backend() != 'cpu' else 'float32'
+  config = step_config(check, s['small'], dtype, 'auto')
+  update = Update(config, *make_models(config), mesh)
+  generator, variables = update.generator, generator_variables(initial_state(update), ema=True)
+  path = os.path.join(check.args.out, 'random_inception.npz')
+  weights.save(jax.jit(inception.InceptionV3().init)(
+      jax.random.PRNGKey(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'], path)
+  extractor = evaluation.Extractor('inception', path, mesh, config.num_classes)
+  os.remove(path)
+  rng = np.random.default_rng(0)
+  reference = {'mu': np.zeros(2048), 'sigma': np.eye(2048), 'diversity': 1.0,
+               'features': rng.normal(size=(s['fid_reference'], 2048))}
+  images = sampling.ImageSampler(generator, mesh)
+  run = lambda num: evaluation.evaluate(images, variables, config, extractor, reference, num,
+                                        s['fid_batch'])
+  start = time.perf_counter()
+  run(s['fid_batch'])  # compiles G and Inception for this batch size
+  record('compile_and_first_batch_s', round(time.perf_counter() - start, 1))
+  expected = s['fid_samples'] / (s['fid_batch'] / (time.perf_counter() - start))
+  if expected > check.left():
+    raise Skip(f'{s["fid_samples"]} samples would take ~{expected:.0f} s at the first batch\'s '
+               f'rate, {check.left():.0f} s are left')
+  result = run(s['fid_samples'])
+  record('num_samples', s['fid_samples'])
+  record('g_dtype', dtype)
+  for key in ('seconds', 'generate_images_per_s', 'score_images_per_s'):
+    record(key, round(result[key], 1))
+  record('images_per_s_end_to_end', round(s['fid_samples'] / result['seconds'], 1))
+
+
+def learning_config(check, dtype: str):
+  """configs/quickstart.py in `dtype` (with --tiny: 2 channels, batch 8)."""
+  s = check.sizes
+  tiny = dict(ch=2, batch_size=s['big'], ema_start_step=2, attention_impl='xla',
+              ) if check.args.tiny else {}
+  config = load_config('quickstart', dtype=dtype, eval_num_samples=s['eval_samples'],
+                       ema_bn_batches=s['ema_bn_batches'], **tiny)
+  validate(config, jax.device_count())
+  return config
+
+
+def learning_part(check, record):
+  """The quickstart in float32 for --train_minutes, then bfloat16 for as many steps
+  (compared at the same step: at the same time, the faster dtype would have trained more)."""
+  mesh = make_mesh()
+  images, labels = digits_dataset.split_arrays('train')
+  test_images, test_labels = digits_dataset.split_arrays('test')
+  extractor = evaluation.make_extractor(learning_config(check, 'float32'), mesh)
+  features, _ = extractor(images)
+  reference = evaluation.statistics(features, labels)
+  floor = evaluation.score(test_images, test_labels, extractor, reference)
+  record('floor', {k: round(floor[k], 4) for k in ('class_accuracy', 'frechet_distance',
+                                                   'precision', 'recall')})
+  seconds, steps = check.args.train_minutes * 60, None
+  for dtype in ('float32', 'bfloat16'):
+    if check.left() < 75:
+      raise Skip(f'{check.left():.0f} s of the budget left before {dtype}')
+    config = learning_config(check, dtype)
+    # bfloat16 takes float32's steps in whatever time that needs (on a CPU, 2-3x more),
+    # leaving a minute of the budget for the scoring.
+    limit = seconds if steps is None else float('inf')
+    result = train_and_score(config, mesh, images, labels, extractor, reference,
+                             seconds=min(limit, check.left() - 60), steps=steps)
+    steps = steps or result['steps']
+    record(dtype, result)
+  f32, bf16 = check.results['parts']['learning']['float32'], check.results['parts']['learning'][
+      'bfloat16']
+  record('same_steps', f32['steps'] == bf16['steps'])
+  # Learns like float32: the EMA G's class accuracy within 5 points of float32's at the
+  # same step (the 3 seeds of float32 on the CPU spread over 13 points at 1,000 steps).
+  record('bf16_learns_like_f32', bf16['ema']['class_accuracy'] >= f32['ema']['class_accuracy'] - 0.05)
+
+
+def train_and_score(config, mesh, images, labels, extractor, reference, seconds, steps):
+  """Trains on the in-memory digits for `seconds` or `steps` (whichever comes first;
+  steps None: no step limit), then scores the raw and the EMA G."""
+  update, state, _, step, _ = compiled_step(config, mesh)
+  rng, sharding = np.random.default_rng(config.seed), NamedSharding(mesh, P(None, 'data'))
+  shape = (config.num_d_steps, config.batch_size)
+  done, start = 0, time.perf_counter()
+  while (steps is None or done < steps) and time.perf_counter() - start < seconds:
+    index = rng.integers(0, len(images), shape)
+    state, metrics = step(state, jax.device_put({'image': images[index],
+                                                 'label': labels[index]}, sharding))
+    done += 1
+    if done % 50 == 0:
+      jax.block_until_ready(metrics)
+  jax.block_until_ready(state)
+  train_s = time.perf_counter() - start
+  standing = sampling.StandingStatistics(config, update.generator, mesh, config.ema_bn_batches,
+                                         config.batch_size)
+  ema = standing(generator_variables(state, ema=True),
+                 sampling.ema_statistics_key(config.seed, done))
+  sampler, keep = sampling.ImageSampler(update.generator, mesh), ('class_accuracy',
+      'frechet_distance', 'precision', 'recall', 'density', 'coverage', 'seconds')
+  out = {'steps': done, 'train_s': round(train_s, 1), 'steps_per_s': round(done / train_s, 2),
+         'd_loss': round(float(metrics['d_loss']), 4), 'g_loss': round(float(metrics['g_loss']), 4)}
+  for name, variables in (('ema', ema), ('raw', generator_variables(state, ema=False))):
+    result = evaluation.evaluate(sampler, variables, config, extractor, reference,
+                                 config.eval_num_samples, seed=config.seed)
+    out[name] = {k: round(float(result[k]), 4) for k in keep}
+  log.info('learning %s: %s', config.dtype, out)
+  return out
+
+
+def max_batch_part(check, record):
+  """Per dtype: a batch from XLA's estimates at two batches (where the device gives its
+  limit), then probes (compile, two steps) up or down to the largest that runs."""
+  mesh, s = make_mesh(), check.sizes
+  limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
+  cap = s['big'] if check.args.tiny else 16_384  # --tiny: the step part's batch, compiled
+  for dtype, impl in (('bfloat16', 'cudnn' if check.on_gpu else 'xla'), ('float32', 'xla')):
+    if check.left() < 60:
+      record(dtype, {'skipped': f'{check.left():.0f} s of the budget left'})
+      continue
+    probes = []
+
+    def runs(batch_size):
+      start = time.perf_counter()
+      try:
+        config = step_config(check, batch_size, dtype, impl)
+        _, state, batch, step, _ = compiled_step(config, mesh)
+        peak = step_memory(step)['peak']
+        if limit and peak > limit:
+          raise MemoryError(f'XLA estimates {peak / GIB:.1f} GiB, the device has '
+                            f'{limit / GIB:.1f}')
+        for _ in range(2):
+          state, metrics = step(state, batch)
+        jax.block_until_ready((state, metrics))
+        ok, why = True, ''
+      except Exception as e:  # noqa: BLE001 (out of memory, at compile or run time)
+        ok, why = False, f'{type(e).__name__}: {e}'[:300]
+      probes.append({'batch': batch_size, 'runs': ok, 's': round(time.perf_counter() - start, 1),
+                     **({'why': why} if why else {})})
+      record(dtype, {'probes': probes})
+      return ok
+
+    first = s['big']
+    if limit:  # peak(B) = fixed + B * per_image, from the step part's two compiles
+      estimate = lambda b: step_memory(compiled_step(step_config(check, b, dtype, impl),
+                                                     mesh)[3])['peak']
+      small, big = estimate(s['small']), estimate(s['big'])
+      per_image = (big - small) / (s['big'] - s['small'])
+      first = int((limit - (big - per_image * s['big'])) / per_image) // GRAIN * GRAIN
+      record(dtype, {'estimated_largest': first, 'probes': probes})
+    # From an estimate, grow by 1/8 (a compile per probe): the limit is near.
+    low, high = largest_batch(runs, first, cap, lambda: check.left() > 45,
+                              growth=1.125 if limit else 2.0)
+    record(dtype, {'largest_batch_that_runs': low, 'smallest_that_does_not': high,
+                   'search_cap': cap, 'exact_to': GRAIN if high is not None else None,
+                   'probes': probes})
+
+
+GRAIN = 8  # the batch sizes the search tries are multiples of this
+
+
+def largest_batch(runs, first: int, cap: int, time_left,
+                  growth: float = 2.0) -> tuple[int, int | None]:
+  """(largest batch known to run, smallest known not to, or None) by probing runs(b):
+  `first` (clipped to [GRAIN, cap]), then growing by `growth` (at least GRAIN) up to
+  `cap` until one fails, then bisecting to GRAIN; it stops early when time_left() is
+  false."""
+  low, high = 0, None
+  batch = min(max(first // GRAIN * GRAIN, GRAIN), cap)
+  while time_left():
+    if runs(batch):
+      low = batch
+    else:
+      high = batch
+    if high is None and low < cap:
+      batch = min(max(int(low * growth) // GRAIN * GRAIN, low + GRAIN), cap)
+    elif high is not None and high - low > GRAIN:
+      batch = (low + high) // 2 // GRAIN * GRAIN
+    else:
+      break
+  return low, high
+
+
+def devices_part(check, record):
+  if jax.device_count() < 2:
+    raise Skip(f'{jax.device_count()} device: 1 vs N devices needs at least 2')
+  config = learning_config(check, 'float32')
+  losses = {}
+  for mesh in (make_mesh(jax.devices()[:1]), make_mesh()):
+    _, state, batch, step, _ = compiled_step(config, mesh)  # the same batch on both
+    for _ in range(2):
+      state, metrics = step(state, batch)
+    losses[mesh.size] = {k: float(metrics[k]) for k in ('d_loss', 'g_loss', 'd_grad_norm',
+                                                        'g_grad_norm')}
+  one, many = losses[1], losses[jax.device_count()]
+  error = max(abs(one[k] - many[k]) / max(abs(one[k]), 1e-6) for k in one)
+  record('losses', {str(k): v for k, v in losses.items()})
+  record('max_relative_difference', error)
+  record('agree', error < 1e-3)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='directory for check.json and check.log')
+  parser.add_argument('--budget_minutes', type=float, default=9.0)
+  parser.add_argument('--train_minutes', type=float, default=1.0,
+                      help='float32 training time of the learning part')
+  parser.add_argument('--tiny', action='store_true', help='tiny configs: seconds per part')
+  parser.add_argument('--parts', default='device,attention,step,fid,learning,max_batch,devices')
+  args = parser.parse_args()
+  if args.tiny and '--train_minutes' not in ' '.join(sys.argv):
+    args.train_minutes = 0.05
+  os.makedirs(args.out, exist_ok=True)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', handlers=[
+      logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(args.out, 'check.log'))])
+  check = Check(args)
+  parts = {'device': (device_part, 0), 'attention': (attention_part, 10),
+           'step': (step_part, 60), 'fid': (fid_part, 45), 'learning': (learning_part, 90),
+           'max_batch': (max_batch_part, 60), 'devices': (devices_part, 20)}
+  if args.tiny:
+    parts = {k: (f, 0) for k, (f, _) in parts.items()}
+  for name in args.parts.split(','):
+    part, min_seconds = parts[name]
+    check.run(name, lambda record: part(check, record), min_seconds)
+  log.info('wrote %s', os.path.join(args.out, 'check.json'))
+
+
+if __name__ == '__main__':
+  main()
