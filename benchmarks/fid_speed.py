@@ -48,7 +48,7 @@ def main(argv):
       weights_path)
   extractor = evaluation.Extractor('inception', weights_path, mesh, config.num_classes)
   rng = np.random.default_rng(0)
-  reference = {'mu': np.zeros(2048), 'sigma': np.eye(2048),
+  reference = {'mu': np.zeros(2048), 'sigma': np.eye(2048), 'diversity': 1.0,
                'features': rng.normal(size=(evaluation.KID_FEATURES, 2048))}
   images = sampling.ImageSampler(generator, mesh)
   run = lambda num: evaluation.evaluate(images, variables, config, extractor, reference, num,
