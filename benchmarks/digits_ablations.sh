@@ -2,7 +2,8 @@
 # Issue 32's measurement: the digits quickstart model, 1,000 steps, evaluated at the end
 # with the shipped digits classifier. 'base' is the authors' code (every field below at
 # the authors' value; bn_momentum 0.99, the first digits quickstart's); each other setting
-# changes only its fields; 'studiogan' is configs/quickstart.py itself (all seven changes).
+# changes only its fields; 'studiogan' is configs/quickstart.py itself (all seven changes);
+# 'studiogan_once' all but state_updates (one D call, u once per step: the faster step).
 # Seeds run in the outer loop, so a partial run has every setting at the first seeds.
 #   SEEDS="0 1 2" OUT=rows.jsonl bash benchmarks/digits_ablations.sh [SETTING ...]
 # Rows go to $OUT (default benchmarks/results/digits_ablations.jsonl).
@@ -21,6 +22,7 @@ declare -A SETTINGS=(
   [sn_eps]='sn_eps=1e-6'
   [shortcut_relu]='d_shortcut_relu=True'
   [studiogan]='cbn=sn_linear init=orthogonal bn_eps=1e-4 bn_momentum=0.9 state_updates=every_call adam_eps=1e-6 sn_eps=1e-6 d_shortcut_relu=True'
+  [studiogan_once]='cbn=sn_linear init=orthogonal bn_eps=1e-4 bn_momentum=0.9 adam_eps=1e-6 sn_eps=1e-6 d_shortcut_relu=True'
 )
 overrides() {  # the --config.* flags of setting $1: BASE with the setting's fields replaced
   declare -A fields
