@@ -233,13 +233,14 @@ def compiled_step(config, mesh):
   compiled once for a config and mesh serves every part (compiling dominates --tiny)."""
   key = (json.dumps(config.to_dict(), sort_keys=True, default=str),
          tuple(d.id for d in mesh.devices.flat))
+  batch, state = synthetic_batch(config, mesh), None
   if key not in _COMPILED:
     update = Update(config, *make_models(config), mesh)
-    state, batch, start = initial_state(update), synthetic_batch(config, mesh), time.perf_counter()
+    state, start = initial_state(update), time.perf_counter()
     _COMPILED[key] = update, update.compile().lower(state, batch).compile(), (
         time.perf_counter() - start)
   update, step, seconds = _COMPILED[key]
-  return update, initial_state(update), synthetic_batch(config, mesh), step, seconds
+  return update, initial_state(update) if state is None else state, batch, step, seconds
 
 
 def measure_step(check, config, mesh) -> dict:
