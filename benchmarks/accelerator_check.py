@@ -28,6 +28,7 @@ Imports nothing from TensorFlow, TFDS, clu or grain (a lent machine lacks them):
 wheels it needs beyond jax, flax, optax and orbax are listed in docs/performance.md.
 """
 import argparse
+import concurrent.futures
 import datetime
 import importlib.metadata
 import importlib.util
@@ -209,38 +210,58 @@ def step_config(check, batch_size: int, dtype: str, attention_impl: str):
   return config
 
 
-_COMPILED = {}  # (config, devices) -> (update, compiled step, compile seconds)
-_INITIAL = {}  # config but dtype, batch and attention path -> initial state on the host
+# XLA compiles without holding the GIL: with --tiny every step program is started here
+# at once (compiling is most of --tiny's time); the full check waits for each where it is
+# measured, so that nothing compiles while a step is timed.
+_POOL = concurrent.futures.ThreadPoolExecutor(2)
+_COMPILED = {}  # (config, devices) -> Future of (update, compiled step, compile seconds)
+_INITIAL = {}  # config but dtype, batch and attention path -> Future of the state on the host
 
 
-def initial_state(update):
-  """update.init(seed), computed once for all the configs that differ only in the
-  compute dtype, batch size or attention path (the state does not depend on them:
-  parameters are float32 in every dtype) and put on update's mesh."""
+def initial_ahead(update):
+  """Starts update.init(seed) unless it was (a Future of the state on the host): once
+  for all the configs that differ only in the compute dtype, batch size or attention
+  path (the state does not depend on them: parameters are float32 in every dtype)."""
   c = {k: v for k, v in update.config.to_dict().items()
        if k not in ('dtype', 'batch_size', 'attention_impl')}
   key = json.dumps(c, sort_keys=True, default=str)
   if key not in _INITIAL:
-    _INITIAL[key] = jax.device_get(update.init(update.config.seed))
-  state = _INITIAL[key]
+    _INITIAL[key] = _POOL.submit(lambda: jax.device_get(update.init(update.config.seed)))
+  return _INITIAL[key]
+
+
+def initial_state(update):
+  """The initial state (initial_ahead) on update's mesh."""
+  state = initial_ahead(update).result()
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
   assert shapes(state) == shapes(update.shapes()), 'the initial state depends on the dtype'
   return jax.device_put(state, NamedSharding(update.mesh, P()))
 
 
-def compiled_step(config, mesh):
-  """(update, initial state, synthetic batch, compiled step, compile seconds); a step
-  compiled once for a config and mesh serves every part (compiling dominates --tiny)."""
+def _compile(config, mesh):
+  update = Update(config, *make_models(config), mesh)
+  replicated = NamedSharding(mesh, P())
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                       update.shapes())
+  start = time.perf_counter()
+  step = update.compile().lower(state, synthetic_batch(config, mesh)).compile()
+  return update, step, time.perf_counter() - start
+
+
+def compile_ahead(config, mesh):
+  """Starts compiling config's step for mesh unless it was (a Future)."""
   key = (json.dumps(config.to_dict(), sort_keys=True, default=str),
          tuple(d.id for d in mesh.devices.flat))
-  batch, state = synthetic_batch(config, mesh), None
   if key not in _COMPILED:
-    update = Update(config, *make_models(config), mesh)
-    state, start = initial_state(update), time.perf_counter()
-    _COMPILED[key] = update, update.compile().lower(state, batch).compile(), (
-        time.perf_counter() - start)
-  update, step, seconds = _COMPILED[key]
-  return update, initial_state(update) if state is None else state, batch, step, seconds
+    _COMPILED[key] = _POOL.submit(_compile, config, mesh)
+  return _COMPILED[key]
+
+
+def compiled_step(config, mesh):
+  """(update, initial state, synthetic batch, compiled step, compile seconds); a step
+  compiled once for a config and mesh serves every part."""
+  update, step, seconds = compile_ahead(config, mesh).result()
+  return update, initial_state(update), synthetic_batch(config, mesh), step, seconds
 
 
 def measure_step(check, config, mesh) -> dict:
@@ -311,8 +332,7 @@ def fid_part(check, record):
   update = Update(config, *make_models(config), mesh)
   generator, variables = update.generator, generator_variables(initial_state(update), ema=True)
   path = os.path.join(check.args.out, 'random_inception.npz')
-  weights.save(jax.jit(inception.InceptionV3().init)(
-      jax.random.PRNGKey(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'], path)
+  weights.save(inception.random_params(), path)
   extractor = evaluation.Extractor('inception', path, mesh, config.num_classes)
   os.remove(path)
   rng = np.random.default_rng(0)
@@ -533,6 +553,13 @@ def main():
            'max_batch': (max_batch_part, 60), 'devices': (devices_part, 20)}
   if args.tiny:
     parts = {k: (f, 0) for k, (f, _) in parts.items()}
+    # The steps of the step, learning, max_batch and devices parts (the tiny step part
+    # uses the learning part's config), and the initial state, from the start.
+    config = learning_config(check, 'float32')
+    initial_ahead(Update(config, *make_models(config), make_mesh()))
+    for dtype, mesh in (('float32', make_mesh()), ('bfloat16', make_mesh()),
+                        ('float32', make_mesh(jax.devices()[:1]))):
+      compile_ahead(learning_config(check, dtype), mesh)
   for name in args.parts.split(','):
     part, min_seconds = parts[name]
     check.run(name, lambda record: part(check, record), min_seconds)

@@ -43,9 +43,7 @@ def main(argv):
   state = Update(config, generator, discriminator, mesh).init(config.seed)
   variables = train_state.generator_variables(state, ema=True)
   weights_path = os.path.join(tempfile.mkdtemp(), 'random_inception.npz')
-  weights.save(inception.InceptionV3().init(
-      jax.random.PRNGKey(0), np.zeros((1, inception.SIZE, inception.SIZE, 3)))['params'],
-      weights_path)
+  weights.save(inception.random_params(), weights_path)
   extractor = evaluation.Extractor('inception', weights_path, mesh, config.num_classes)
   rng = np.random.default_rng(0)
   reference = {'mu': np.zeros(2048), 'sigma': np.eye(2048), 'diversity': 1.0,

@@ -197,11 +197,27 @@ def from_pytorch_fid(state: dict) -> dict[str, np.ndarray]:
   return out
 
 
+def param_shapes() -> dict:
+  """InceptionV3's params as ShapeDtypeStructs (nothing computed or compiled)."""
+  return jax.eval_shape(lambda: InceptionV3().init(jax.random.PRNGKey(0),
+                                                   jnp.zeros((1, SIZE, SIZE, 3))))['params']
+
+
+def random_params(seed: int = 0) -> dict:
+  """Random InceptionV3 params for speed measurements and tests (the same computation
+  as FID's): He-scaled kernels, identity batch norm, drawn in numpy from the shapes;
+  initialising the network would compile it (~20 s on a CPU)."""
+  rng = np.random.default_rng(seed)
+  draw = {'kernel': lambda s: rng.normal(0, np.sqrt(2 / np.prod(s[:-1])), s),
+          'var': np.ones, 'scale': np.ones, 'mean': np.zeros, 'bias': np.zeros}
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: draw[path[-1].key](x.shape).astype(np.float32), param_shapes())
+
+
 def load_params(path: str) -> dict:
   """The .npz that convert_inception wrote -> params of InceptionV3, checked
   against the network's shapes."""
-  expected = jax.eval_shape(lambda: InceptionV3().init(jax.random.PRNGKey(0),
-                                                       jnp.zeros((1, SIZE, SIZE, 3))))['params']
+  expected = param_shapes()
   flat = weights.flatten(expected)
   params = weights.load(path)
   arrays = weights.flatten(params)

@@ -6,15 +6,19 @@ import tempfile
 
 # Tests compile far more than they run: the lowest LLVM optimisation level
 # compiles about 40% faster on CPU and runs tiny models about 15% slower.
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_force_host_platform_device_count=8'
-                           + ' --xla_backend_optimization_level=0')
+_flags = os.environ.get('XLA_FLAGS', '').split()
+os.environ['XLA_FLAGS'] = ' '.join(_flags + [f for f in ('--xla_force_host_platform_device_count=8',
+                                                       '--xla_backend_optimization_level=0')
+                                           if f not in _flags])
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One compilation cache for the session, inherited by the processes tests start:
 # a program compiled by one test (or process) is loaded, not compiled, by the next.
-_cache = tempfile.mkdtemp(prefix='sagan_jax_test_cache_')
-atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+# pytest-xdist's workers inherit the directory of the process that started them.
+if 'SAGAN_JAX_TEST_CACHE' not in os.environ:
+  os.environ['SAGAN_JAX_TEST_CACHE'] = tempfile.mkdtemp(prefix='sagan_jax_test_cache_')
+  atexit.register(shutil.rmtree, os.environ['SAGAN_JAX_TEST_CACHE'], ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=os.environ['SAGAN_JAX_TEST_CACHE'],
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
 
 import jax
@@ -73,3 +77,10 @@ def runs(tfds_dir, tmp_path_factory):
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: a long end-to-end run; -m "not slow" leaves it out '
                           'locally, CI runs it')
+
+
+def pytest_collection_modifyitems(items):
+  """The long end-to-end runs first: under pytest-xdist (`-n 2`) each worker starts with
+  one of them, and the short tests fill in around them instead of the session ending on
+  one long test alone."""
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)

@@ -95,21 +95,10 @@ def files(directory) -> dict[str, bytes]:
 
 @pytest.fixture(scope='module')
 def random_inception(tmp_path_factory) -> str:
-  """An Inception-v3 weight file of random weights: the same computation as FID's.
-  Drawn in numpy from the parameters' shapes (He-scaled kernels, identity batch norm):
-  initialising the network would compile it, 20 s here."""
-  import jax
-  import jax.numpy as jnp
+  """An Inception-v3 weight file of random weights: the same computation as FID's."""
   from sagan_jax import inception, weights
-  shapes = jax.eval_shape(lambda: inception.InceptionV3().init(
-      jax.random.PRNGKey(0), jnp.zeros((1, inception.SIZE, inception.SIZE, 3))))['params']
-  rng = np.random.default_rng(0)
-  draw = {'kernel': lambda s: rng.normal(0, np.sqrt(2 / np.prod(s[:-1])), s),
-          'var': np.ones, 'scale': np.ones, 'mean': np.zeros, 'bias': np.zeros}
-  params = jax.tree_util.tree_map_with_path(
-      lambda path, x: draw[path[-1].key](x.shape).astype(np.float32), shapes)
   path = str(tmp_path_factory.mktemp('inception') / 'random.npz')
-  weights.save(params, path)
+  weights.save(inception.random_params(), path)
   return path
 
 
