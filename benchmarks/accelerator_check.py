@@ -240,6 +240,8 @@ def initial_state(update):
 
 def _compile(config, mesh):
   update = Update(config, *make_models(config), mesh)
+  # checkpoint.abstract's work, written here: importing sagan_jax.checkpoint (Orbax, absl)
+  # installs a root log handler, and this script's log file then stays empty.
   replicated = NamedSharding(mesh, P())
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                        update.shapes())
