@@ -50,12 +50,13 @@ def frechet_distance_of_features(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
-  """exp(E_x KL(p(y|x) || p(y))) on each of `splits` equal parts; (mean, std)."""
+  """exp(E_x KL(p(y|x) || p(y))) on each of `splits` equal parts (one per sample when
+  there are fewer samples); (mean, std)."""
   logits = np.asarray(logits, np.float64)
   logp = logits - logits.max(1, keepdims=True)
   logp -= np.log(np.exp(logp).sum(1, keepdims=True))
   scores = []
-  for part in np.array_split(logp, splits):
+  for part in np.array_split(logp, min(splits, len(logp))):
     p_y = np.exp(part).mean(0)
     kl = (np.exp(part) * (part - np.log(p_y))).sum(1)
     scores.append(np.exp(kl.mean()))

@@ -1,4 +1,6 @@
 """FID, IS and KID against closed forms and plain NumPy/SciPy references."""
+import warnings
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -62,6 +64,10 @@ def test_inception_score_matches_numpy_reference():
   # Sure, distinct classes: the score is the class count; one class: 1.
   assert metrics.inception_score(np.eye(10)[np.arange(1000) % 10] * 100)[0] == pytest.approx(10)
   assert metrics.inception_score(np.tile([100.0, 0, 0], (100, 1)), splits=2)[0] == pytest.approx(1)
+  # Fewer samples than parts (a tiny evaluation): one sample per part, no empty part.
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    assert metrics.inception_score(np.eye(4) * 100) == pytest.approx((1, 0))
 
 
 def test_kid_matches_numpy_reference():
