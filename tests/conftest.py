@@ -4,12 +4,11 @@ import os
 import shutil
 import tempfile
 
-# Tests compile far more than they run: the lowest LLVM optimisation level
-# compiles about 40% faster on CPU and runs tiny models about 15% slower.
+from processes import TEST_XLA_FLAGS  # (no jax import there)
+
 _flags = os.environ.get('XLA_FLAGS', '').split()
 os.environ['XLA_FLAGS'] = ' '.join(_flags + [f for f in ('--xla_force_host_platform_device_count=8',
-                                                       '--xla_backend_optimization_level=0')
-                                           if f not in _flags])
+                                                       *TEST_XLA_FLAGS) if f not in _flags])
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One compilation cache for the session, inherited by the processes tests start:
 # a program compiled by one test (or process) is loaded, not compiled, by the next.

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from processes import TEST_XLA_FLAGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 from accelerator_check import GRAIN, largest_batch  # noqa: E402
@@ -38,8 +40,8 @@ def test_tiny_check_runs_every_part_without_tensorflow(tmp_path):
     (blocked / name).mkdir(parents=True)
     (blocked / name / '__init__.py').write_text(f'raise ImportError("{name} is blocked")\n')
   out = tmp_path / 'out'
-  env = dict(os.environ, PYTHONPATH=str(blocked), XLA_FLAGS=(
-      '--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0'))
+  env = dict(os.environ, PYTHONPATH=str(blocked), XLA_FLAGS=' '.join((
+      '--xla_force_host_platform_device_count=2', *TEST_XLA_FLAGS)))
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'accelerator_check.py'),
                            '--tiny', f'--out={out}'], env=env, capture_output=True, text=True,
                           timeout=900)
