@@ -125,17 +125,13 @@ def run_mode(mode: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from sagan_jax import logs
   if not FLAGS.verbose:
-    from sagan_jax import logs
-    # Training, eval and reference read TFDS data and write TensorBoard summaries; the
-    # sample, interpolate and attention modes need TensorFlow only for gs:// paths
-    # (epath's gfile): without it they start ~7 s sooner.
-    remote = any('://' in (path or '') for path in (FLAGS.workdir, FLAGS['out'].value))
-    logs.quiet_console(tensorflow=FLAGS.mode in ('train', 'eval', 'reference') or remote)
+    logs.quiet_console()
   import jax
   from sagan_jax import train
   from sagan_jax.checkpoint import CheckpointError
-  from sagan_jax.config import ConfigError
+  from sagan_jax.config import ConfigError, validate
   from sagan_jax.input_pipeline import DataError
   from sagan_jax.modes import ModeError
 
@@ -155,6 +151,15 @@ def main(argv):
     if FLAGS.mode == 'train':
       if FLAGS.config is None:
         raise ConfigError('--config is required to train, e.g. --config=configs/quickstart.py')
+      validate(FLAGS.config, jax.device_count(), jax.process_count())  # before TensorFlow
+    # Training, eval and reference read TFDS data and write TensorBoard summaries; the
+    # sample, interpolate and attention modes need TensorFlow only for gs:// paths
+    # (epath's gfile). Its import takes ~7 s of CPU: only where it is used, after the
+    # config's checks.
+    remote = any('://' in (path or '') for path in (FLAGS.workdir, FLAGS['out'].value))
+    if not FLAGS.verbose and (FLAGS.mode in ('train', 'eval', 'reference') or remote):
+      logs.import_tensorflow_quietly()
+    if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       run_mode(FLAGS.mode)

@@ -1,4 +1,5 @@
 """Progress lines, a quiet console, and metrics for TensorBoard and as JSON lines."""
+import importlib
 import json
 import logging as python_logging
 import os
@@ -24,25 +25,28 @@ class _ProjectLines(python_logging.Filter):
             os.path.abspath(record.pathname).startswith(PROJECT_SOURCES))
 
 
-def quiet_console(tensorflow: bool = True) -> None:
+def quiet_console() -> None:
   """Keeps Orbax's, JAX's and TensorFlow's INFO and WARNING chatter off the
-  console (call before TensorFlow is imported): what is left is progress,
-  saves, evaluations, this project's warnings and every library's errors.
-  tensorflow=False: for a program that does not use it (nor TFDS)."""
+  console: what is left is progress, saves, evaluations, this project's warnings
+  and every library's errors. A program that uses TensorFlow (or TFDS's
+  preparation) then calls import_tensorflow_quietly()."""
   from absl import logging
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO and WARNING
   # ABSLHandler hands records to its python_handler without applying its own filters.
   logging.get_absl_handler().python_handler.addFilter(_ProjectLines())
-  if not tensorflow:
-    return
-  # TensorFlow 2.21 prints notices from C++ while it is imported, before any log
-  # setting applies: import it with the stderr file descriptor captured, and
-  # replay what was captured if the import fails.
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow (~7 s of CPU) without its notices. TensorFlow 2.21 prints them
+  from C++ while it is imported, before any log setting applies: import it with the
+  stderr file descriptor captured, and replay what was captured if the import fails.
+  Call before anything else imports it."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   with tempfile.TemporaryFile() as captured:
     stderr = os.dup(2)
     os.dup2(captured.fileno(), 2)
     try:
-      import tensorflow  # noqa: F401
+      importlib.import_module('tensorflow')
     except BaseException:
       os.dup2(stderr, 2)
       captured.seek(0)

@@ -152,7 +152,7 @@ def main(argv):
   f = flags.FLAGS
   if not f.verbose:
     from sagan_jax import logs
-    logs.quiet_console(tensorflow=False)
+    logs.quiet_console()
   out = epath.Path(f.out or epath.Path(f.workdir) / 'plots')
   out.mkdir(parents=True, exist_ok=True)
   plot_curves(read_metrics(f.workdir), out / 'curves.png')
