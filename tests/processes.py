@@ -9,7 +9,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 # Tests compile far more than they run. The lowest LLVM optimisation level compiles
 # about 40% faster on CPU and runs tiny models about 15% slower; XLA's loop emitters
 # instead of its MLIR fusion emitters compile the tiny train step in ~25% less CPU time
-# (jaxlib 0.10-0.11, measured 2026-12-03). A test that runs more than it compiles (the
+# (jaxlib 0.10.2, measured 2026-12-03). A test that runs more than it compiles (the
 # learning test) leaves them out.
 TEST_XLA_FLAGS = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
 

@@ -49,8 +49,9 @@ def run_main(num_processes: int, devices: int, *args) -> list[tuple[int, str, st
 
 
 def train_flags(workdir, tfds_dir, *extra):
-  # One D step per step: a third smaller program than the tiny config's two, compiled by
-  # every process (a process other than 0 never reads the compilation cache).
+  # One D step per step: a third smaller program than the tiny config's two. Every process
+  # compiles it: process 1 finds none of its programs in the compilation cache (only
+  # process 0 writes there, and process 1's cache keys differ).
   return ['--config=tests/tiny_config.py', f'--workdir={workdir}',
           f'--config.data_dir={tfds_dir}', '--config.num_d_steps=1', *extra]
 
