@@ -152,12 +152,11 @@ def main(argv):
       if FLAGS.config is None:
         raise ConfigError('--config is required to train, e.g. --config=configs/quickstart.py')
       validate(FLAGS.config, jax.device_count(), jax.process_count())  # before TensorFlow
-    # Training, eval and reference read TFDS data and write TensorBoard summaries; the
-    # sample, interpolate and attention modes need TensorFlow only for gs:// paths
-    # (epath's gfile). Its import takes ~7 s of CPU: only where it is used, after the
-    # config's checks.
-    remote = any('://' in (path or '') for path in (FLAGS.workdir, FLAGS['out'].value))
-    if not FLAGS.verbose and (FLAGS.mode in ('train', 'eval', 'reference') or remote):
+    # TensorFlow (~7 s of CPU to import) is needed for gs:// paths (epath's gfile) and to
+    # prepare a TFDS dataset (input_pipeline imports it then); nothing else uses it.
+    values = [FLAGS[name].value for name in FLAGS] + list((FLAGS.config or {}).values())
+    remote = any(isinstance(value, str) and '://' in value for value in values)
+    if remote and not FLAGS.verbose:
       logs.import_tensorflow_quietly()
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

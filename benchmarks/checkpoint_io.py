@@ -34,7 +34,6 @@ def size(path) -> int:
 def main(argv):
   del argv
   logs.quiet_console()
-  logs.import_tensorflow_quietly()
   config, mesh = FLAGS.config, make_mesh()
   data = input_pipeline.create_train_iterator(config, mesh)
   for _ in range(3):

@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import tensorflow_datasets as tfds
 
-from sagan_jax import resized_dataset
+from sagan_jax import logs, resized_dataset
 from sagan_jax.preprocessing import preprocess
 from sagan_jax.embedded_datasets import SaganDigits, SaganShapes  # registers them with TFDS
 
@@ -111,10 +111,12 @@ def _prepare(builder: tfds.core.DatasetBuilder, what: str, **kwargs) -> None:
   """Prepares a dataset once. Processes of one run that share the data dir may prepare
   it at the same time: each writes its own temporary copy, and every rename after the
   first finds the dataset there, which is as good."""
-  if not builder.is_prepared():
-    logging.info('Preparing %s in %s (once).', what, builder.data_dir)
+  if builder.is_prepared():
+    return
+  logging.info('Preparing %s in %s (once).', what, builder.data_dir)
+  logs.import_tensorflow_quietly()  # TFDS writes a dataset with TensorFlow
   try:
-    builder.download_and_prepare(**kwargs)  # nothing to do once prepared
+    builder.download_and_prepare(**kwargs)
   except FileExistsError:
     if not builder.is_prepared():
       raise

@@ -10,6 +10,8 @@ import time
 import numpy as np
 from etils import epath
 
+from sagan_jax import events
+
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # This project's sources (a virtual environment may sit in the same directory).
@@ -28,8 +30,8 @@ class _ProjectLines(python_logging.Filter):
 def quiet_console() -> None:
   """Keeps Orbax's, JAX's and TensorFlow's INFO and WARNING chatter off the
   console: what is left is progress, saves, evaluations, this project's warnings
-  and every library's errors. A program that uses TensorFlow (or TFDS's
-  preparation) then calls import_tensorflow_quietly()."""
+  and every library's errors. What needs TensorFlow imports it through
+  import_tensorflow_quietly()."""
   from absl import logging
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ INFO and WARNING
   # ABSLHandler hands records to its python_handler without applying its own filters.
@@ -37,24 +39,31 @@ def quiet_console() -> None:
 
 
 def import_tensorflow_quietly() -> None:
-  """Imports TensorFlow (~7 s of CPU) without its notices. TensorFlow 2.21 prints them
-  from C++ while it is imported, before any log setting applies: import it with the
-  stderr file descriptor captured, and replay what was captured if the import fails.
-  Call before anything else imports it."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  with tempfile.TemporaryFile() as captured:
-    stderr = os.dup(2)
-    os.dup2(captured.fileno(), 2)
+  """Imports TensorFlow (~7 s of CPU), for what needs it: preparing a TFDS dataset,
+  reading TFRecord files, gs:// through epath. Without its notices: TensorFlow 2.21
+  prints them from C++ while it is imported, before any log setting applies, so it is
+  imported with the stderr file descriptor captured (replayed if the import fails). It
+  is kept off the GPUs (JAX's), where it would reserve memory at its first operation."""
+  if 'tensorflow' not in sys.modules:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    with tempfile.TemporaryFile() as captured:
+      stderr = os.dup(2)
+      os.dup2(captured.fileno(), 2)
+      try:
+        importlib.import_module('tensorflow')
+      except BaseException:
+        os.dup2(stderr, 2)
+        captured.seek(0)
+        sys.stderr.write(captured.read().decode(errors='replace'))
+        raise
+      finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+    import tensorflow as tf
     try:
-      importlib.import_module('tensorflow')
-    except BaseException:
-      os.dup2(stderr, 2)
-      captured.seek(0)
-      sys.stderr.write(captured.read().decode(errors='replace'))
-      raise
-    finally:
-      os.dup2(stderr, 2)
-      os.close(stderr)
+      tf.config.set_visible_devices([], 'GPU')
+    except RuntimeError:  # TensorFlow was initialised already, by an importer who chose
+      pass
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()  # its bars while a dataset is prepared; we log one line
 
@@ -91,60 +100,47 @@ class Progress:
     return f'{self.what} {done}/{self.total} | {extra}{rates} | {elapsed}, ETA {eta}'
 
 
-def tensorflow_off_accelerators() -> None:
-  """TensorFlow only writes TensorBoard summaries here: keep it off the GPUs (JAX's),
-  where it would reserve memory at its first operation."""
-  import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TensorFlow was initialised already, by an importer who chose
-    pass
-
-
 class MetricWriter:
-  """Scalars and images for TensorBoard (WORKDIR/tensorboard, through
-  clu.metric_writers), the same scalars in WORKDIR/metrics.jsonl. Only the
-  writing process (process 0) passes enabled=True; the others write nothing.
+  """Scalars and images for TensorBoard (an event file in WORKDIR/tensorboard), the same
+  scalars in WORKDIR/metrics.jsonl. Only the writing process (process 0) passes
+  enabled=True; the others write nothing.
 
   resumed_from=N (a run resumed from the checkpoint of step N): what the
   interrupted run logged after step N is dropped, so that each step appears once:
-  metrics.jsonl loses those lines, and TensorBoard gets a session start at step
-  N + 1, which makes it discard the old events from there (its default
-  --purge_orphaned_data).
+  metrics.jsonl loses those lines, and the new event file starts with a session start
+  at step N + 1, which makes TensorBoard discard the old events from there.
 
   metrics.jsonl is rewritten (its kept lines first), never opened for appending:
   object stores have no append, and gcsfs would silently start it empty."""
 
   def __init__(self, workdir: str, enabled: bool = True, resumed_from: int | None = None):
-    self._summary = self._jsonl = None
+    self._events = self._jsonl = None
     if enabled:
-      tensorflow_off_accelerators()
-      from clu import metric_writers  # imports TensorFlow's summary ops
-      logdir, jsonl = epath.Path(workdir) / 'tensorboard', epath.Path(workdir) / 'metrics.jsonl'
+      jsonl = epath.Path(workdir) / 'metrics.jsonl'
       kept = _lines_up_to(jsonl, resumed_from or 0)
+      self._events = events.EventFile(epath.Path(workdir) / 'tensorboard')
       if resumed_from is not None:
-        _start_session(logdir, resumed_from + 1)
-      self._summary = metric_writers.SummaryWriter(str(logdir))
+        self._events.start_session(resumed_from + 1)
       self._jsonl = jsonl.open('w')
       self._jsonl.write(kept)
       self._jsonl.flush()
 
   def scalars(self, step: int, scalars: dict) -> None:
-    if self._summary:
-      self._summary.write_scalars(step, scalars)
-      self._summary.flush()
+    if self._events:
+      self._events.summary(step, [events.scalar_value(k, float(v)) for k, v in scalars.items()])
+      self._events.flush()
       self._jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
       self._jsonl.flush()
 
   def images(self, step: int, images: dict[str, np.ndarray]) -> None:
     """images: name -> uint8 [H, W, 3]."""
-    if self._summary:
-      self._summary.write_images(step, {k: v[None] for k, v in images.items()})
-      self._summary.flush()
+    if self._events:
+      self._events.summary(step, [events.image_value(k, v) for k, v in images.items()])
+      self._events.flush()
 
   def close(self) -> None:
-    if self._summary:
-      self._summary.close()
+    if self._events:
+      self._events.close()
       self._jsonl.close()
 
 
@@ -154,21 +150,6 @@ def _lines_up_to(jsonl: epath.Path, step: int) -> str:
     return ''
   return ''.join(line for line in jsonl.read_text().splitlines(keepends=True)
                  if line.strip() and json.loads(line)['step'] <= step)
-
-
-def _start_session(logdir: epath.Path, step: int) -> None:
-  """An event file holding one SessionLog START at `step`; its name sorts after
-  the earlier runs' files and before the one the new writer opens (TensorBoard
-  reads a directory's files in name order)."""
-  import tensorflow as tf
-  logdir.mkdir(parents=True, exist_ok=True)
-  now = time.time()
-  # 'events.out.tfevents.<seconds>.' then '!' sorts before any host name.
-  path = logdir / f'events.out.tfevents.{int(now)}.!resume_{step}'
-  with tf.io.TFRecordWriter(str(path)) as f:
-    f.write(tf.compat.v1.Event(wall_time=now, file_version='brain.Event:2').SerializeToString())
-    f.write(tf.compat.v1.Event(wall_time=now, step=step, session_log=tf.compat.v1.SessionLog(
-        status=tf.compat.v1.SessionLog.START)).SerializeToString())
 
 
 def format_metrics(metrics: dict) -> str:

@@ -153,15 +153,22 @@ def test_a_checkpoint_older_than_a_config_field_gets_its_default(runs, tmp_path)
   assert config.eval_intra_class == '' and config.ch == 2  # default: '' and 64
 
 
+# main.py, and a last line that says whether TensorFlow was imported (a normal exit).
+MAIN_SAYING_IMPORTS = """import atexit, runpy, sys
+atexit.register(lambda: print('TensorFlow imported:', 'tensorflow' in sys.modules, file=sys.stderr))
+sys.argv[0] = 'main.py'
+runpy.run_path('main.py', run_name='__main__')"""
+
+
 class Run:
   """main.py on the tiny config in a subprocess, its log lines collected as they come."""
 
   def __init__(self, workdir, tfds_dir, *flags):
     self.lines = []
     self.process = subprocess.Popen(
-        [sys.executable, 'main.py', '--config=tests/tiny_config.py', f'--workdir={workdir}',
-         f'--config.data_dir={tfds_dir}', '--config.log_every_steps=1', *flags],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        [sys.executable, '-c', MAIN_SAYING_IMPORTS, '--config=tests/tiny_config.py',
+         f'--workdir={workdir}', f'--config.data_dir={tfds_dir}', '--config.log_every_steps=1',
+         *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr))
     self._reader.start()
 
@@ -193,6 +200,10 @@ def test_preemption_then_a_crash_mid_write_then_resume(tfds_dir, tmp_path):
   assert run.finish() == 0, ''.join(run.lines[-30:])
   preempted = int(run.wait_for(r'Preempted: saved the checkpoint of step (\d+)')[1])
   assert preempted >= 3 and saved_steps(workdir) == [preempted]
+  # Training on local paths needs no TensorFlow (~7 s of CPU to import), unless the
+  # dataset had to be prepared first.
+  prepared = any('Preparing sagan_shapes' in line for line in run.lines)
+  assert run.lines[-1] == f'TensorFlow imported: {prepared}\n', ''.join(run.lines[-5:])
 
   # The restart continues from there; SIGKILL it while a checkpoint is being written.
   for attempt in range(3):

@@ -1,11 +1,12 @@
 """main.py end to end on gs://, offline: a local Cloud Storage emulator (gcp-storage-emulator,
 in memory) serves a bucket holding the dataset and the workdir. Orbax
 writes and restores checkpoints there through tensorstore, ArrayRecord reads the dataset
-through Riegeli's GCS reader, and every other file goes through etils.epath (gcsfs here,
-see gcs_main.py). Nothing may land on the local disk under a 'gs:' name.
+through Riegeli's GCS reader, and every other file (TensorBoard's events too) goes
+through etils.epath (gcsfs here, see gcs_main.py). Nothing may land on the local disk
+under a 'gs:' name.
 
 Not covered offline: TensorFlow's own gs:// filesystem, which epath uses instead of gcsfs
-when TensorFlow is installed, and which writes TensorBoard's event files."""
+when TensorFlow is installed."""
 import json
 import os
 import re
@@ -92,8 +93,7 @@ def run(url, cwd, *args) -> str:
   """gcs_main.py (main.py) with gs:// on the emulator; its stderr."""
   # gcsfs's, tensorstore's and Riegeli's (google-cloud-cpp's) endpoint settings.
   env = single_device_env(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-                          CLOUD_STORAGE_EMULATOR_ENDPOINT=url, GOOGLE_AUTH_TOKEN_FOR_TESTING='x',
-                          GCS_TEST_LOCAL=str(cwd / 'local'))
+                          CLOUD_STORAGE_EMULATOR_ENDPOINT=url, GOOGLE_AUTH_TOKEN_FOR_TESTING='x')
   result = subprocess.run([sys.executable, os.path.join(TESTS, 'gcs_main.py'), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -128,8 +128,18 @@ def test_training_and_resuming_with_data_and_workdir_on_gs(emulator, tfds_dir, r
     for key in ('d_loss', 'g_loss'):
       assert row[key] == pytest.approx(expected[key], rel=2e-3), (row['step'], key)
   assert 'checkpoints/3/_CHECKPOINT_METADATA' in listing(emulator, 'run/')
-  # TensorBoard's events, under the local stand-in for the workdir (see gcs_main.py).
-  assert any(n.startswith('events.out.tfevents')
-             for n in os.listdir(tmp_path / 'local' / 'bucket' / 'run' / 'tensorboard'))
+  # TensorBoard's events: one file per run, the resumed run's starting with a session
+  # start at step 3.
+  assert len([n for n in files if n.startswith('tensorboard/events.out.tfevents')]) == 1, files
+  events = [n for n in listing(emulator, 'run/tensorboard/') if n.startswith('events.out')]
+  assert len(events) == 2, events
+  (tmp_path / 'resumed_events').write_bytes(download(emulator, f'run/tensorboard/{events[1]}'))
+  import tensorflow as tf
+  resumed_events = list(tf.compat.v1.train.summary_iterator(str(tmp_path / 'resumed_events')))
+  assert resumed_events[1].session_log.status == tf.compat.v1.SessionLog.START
+  assert resumed_events[1].step == 3
+  d_loss = [tf.make_ndarray(v.tensor) for e in resumed_events for v in e.summary.value
+            if v.tag == 'd_loss']
+  assert d_loss == [pytest.approx(rows[2]['d_loss'])]
 
   assert not (tmp_path / 'gs:').exists(), 'a gs:// path was written as a local path'
