@@ -42,6 +42,19 @@ def checkpoint_dir(workdir: str, best: bool = False) -> epath.Path:
 
 # Writing
 
+def _whole_arrays_on_cpu() -> None:
+  """Orbax writes a replicated array in slices, one per replica (use_replica_parallel;
+  on by default but on GPU): on a TPU pod that spreads the writing over the hosts. The
+  devices of a CPU share one host and disk: there it only slices each array once per
+  device, a program compiled per shape. Measured (2026-12-03, the tiny state on 8 CPU
+  devices): a process's first save 4.05 -> 0.86 s, the next ones 1.55 -> 0.48 s."""
+  if jax.default_backend() == 'cpu':
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False,
+        array_metadata_store=getattr(default, '_array_metadata_store', None)), override=True)
+
+
 def make_manager(workdir: str, config=None, best: bool = False) -> ocp.CheckpointManager:
   """The manager of workdir/checkpoints, keeping the latest config.checkpoints_to_keep;
   with best=True of workdir/checkpoints_best, keeping the one of least
@@ -53,6 +66,8 @@ def make_manager(workdir: str, config=None, best: bool = False) -> ocp.Checkpoin
                                            n=1)
   else:
     policy = ocp.checkpoint_managers.LatestN(config.checkpoints_to_keep)
+  if config is not None:
+    _whole_arrays_on_cpu()
   options = ocp.CheckpointManagerOptions(
       create=config is not None, read_only=config is None, enable_async_checkpointing=True,
       cleanup_tmp_directories=config is not None, preservation_policy=policy,

@@ -79,7 +79,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-  """The long end-to-end runs first: under pytest-xdist (`-n 2`) each worker starts with
-  one of them, and the short tests fill in around them instead of the session ending on
-  one long test alone."""
+  """The long end-to-end runs first. Under pytest-xdist's `--dist loadgroup` (the README's
+  command) a worker takes one test (or group: test_pod's share a trained run) at a time
+  as it runs short of work, the groups with the most tests first: the short tests fill in
+  around the long ones instead of the session ending on one long test alone. (Its default
+  `--dist load` hands each worker a run of consecutive tests, and one worker got every
+  long test.)"""
   items.sort(key=lambda item: item.get_closest_marker('slow') is None)

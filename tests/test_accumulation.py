@@ -39,11 +39,14 @@ def test_d_gradient_is_the_mean_over_micro_batches_and_u_advances_once(tiny, acc
   # u: one power iteration, before the first micro-batch.
   s0 = host(state)
   assert_tree_close(host(spectral), iterate_all(s0.d_spectral, s0.d_params), rtol=1e-5, atol=1e-6)
-  # Each half's fakes, generated from its own z with its own BN statistics.
-  fakes = [update.generate(state, state.g_params, zh, yh, mutable=['batch_stats'])[0]
-           for zh, yh in zip(_halves(z), _halves(y_fake))]
-  grad = lambda im, lab, fake, yf: jax.grad(lambda p: update.d_loss(
-      p, spectral, im, lab, fake, yf, advance=False)[0])(state.d_params)
+  # Each half's fakes, generated from its own z with its own BN statistics. (Compiled:
+  # op by op, the references compile hundreds of small programs.)
+  generate = jax.jit(lambda s, zh, yh: update.generate(s, s.g_params, zh, yh,
+                                                       mutable=['batch_stats'])[0])
+  fakes = [generate(state, zh, yh) for zh, yh in zip(_halves(z), _halves(y_fake))]
+  d_grad = jax.jit(lambda params, spectral, im, lab, fake, yf: jax.grad(lambda p: update.d_loss(
+      p, spectral, im, lab, fake, yf, advance=False)[0])(params))
+  grad = lambda *batch: d_grad(state.d_params, spectral, *batch)
   per_half = [grad(*h, f, yf) for h, f, yf in zip(zip(_halves(images), _halves(labels)), fakes,
                                                   _halves(y_fake))]
   mean = jax.tree.map(lambda a, b: (a + b) / 2, *per_half)
@@ -66,13 +69,15 @@ def test_g_gradient_is_the_mean_over_micro_batches_with_their_own_statistics(tin
   with_u = state.replace(g_spectral=g_spectral)
   d_vars = {'params': state.d_params, 'spectral': state.d_spectral}
 
-  def half(zh, yh):
+  @jax.jit
+  def half(state, d_vars, zh, yh):
     def loss(p):
-      fake, new = update.generate(with_u, p, zh, yh, mutable=['batch_stats'])
+      fake, new = update.generate(state, p, zh, yh, mutable=['batch_stats'])
       return generator_loss(config.loss, update.discriminator.apply(d_vars, fake, yh)), new
     return jax.grad(loss, has_aux=True)(state.g_params)
 
-  (g0, new0), (g1, new1) = (half(zh, yh) for zh, yh in zip(_halves(z), _halves(y)))
+  (g0, new0), (g1, new1) = (half(with_u, d_vars, zh, yh) for zh, yh in zip(_halves(z),
+                                                                            _halves(y)))
   # (atol: the conv biases before a batch norm have gradients of round-off, ~1e-7.)
   assert_tree_close(host(grads), host(jax.tree.map(lambda a, b: (a + b) / 2, g0, g1)), rtol=1e-4,
                     atol=1e-5)
@@ -87,10 +92,10 @@ def test_g_gradient_is_the_mean_over_micro_batches_with_their_own_statistics(tin
 
 def test_accumulation_steps_once_and_one_device_equals_eight(tiny, accumulating):
   config, _ = accumulating
-  batches = _batches(config, 2)
+  batches, initial = _batches(config, 2), jax.device_get(tiny.new_state())
   one = _run(config, train.make_mesh(jax.devices()[:1]), tiny.generator, tiny.discriminator,
-             batches)
-  eight = _run(config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+             batches, initial)
+  eight = _run(config, tiny.mesh, tiny.generator, tiny.discriminator, batches, initial)
   assert int(eight[0].step) == 2
   for m1, m8 in zip(one[1], eight[1]):
     for key in m1:
@@ -101,12 +106,11 @@ def test_accumulation_steps_once_and_one_device_equals_eight(tiny, accumulating)
 
 def test_remat_gives_the_same_step_in_less_memory(tiny):
   config = tiny.config.copy_and_resolve_references()
-  config.update(ch=4, batch_size=32)
+  config.remat = True
   results = {}
-  for remat in (False, True):
-    config.remat = remat
-    update = Update(config, *make_models(config), tiny.mesh)
-    state = update.init(0)
+  for remat, update in ((False, tiny.update), (True, Update(config, *make_models(config),
+                                                             tiny.mesh))):
+    state = tiny.new_state()  # the same state: remat changes no parameter
     compiled = update.compile_for(checkpoint.abstract(update.shapes(), tiny.mesh))
     batch = train.shard_batch(_batches(config, 1)[0], tiny.mesh)
     new, metrics = compiled(state, batch)

@@ -2,6 +2,8 @@
 import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sagan_jax import sampling, train, train_state
 from sagan_jax.config import ConfigError, validate
@@ -11,9 +13,11 @@ from processes import run_workers
 from tiny_config import tiny_config
 
 
-def _run(config, mesh, generator, discriminator, batches):
+def _run(config, mesh, generator, discriminator, batches, initial):
+  """Trains from `initial` (a state on the host: runs to compare start from the same
+  one, compiled once) on `batches`: (the state on the host, the metrics per step)."""
   update = Update(config, generator, discriminator, mesh)
-  state, step = update.init(0), update.compile()
+  state, step = jax.device_put(initial, NamedSharding(mesh, P())), update.compile()
   history = []
   for batch in batches:
     state, metrics = step(state, train.shard_batch(batch, mesh))
@@ -30,10 +34,10 @@ def _batches(config, n, seed=0):
 
 def test_one_device_and_eight_devices_train_the_same(tiny):
   assert len(tiny.mesh.devices.flat) == 8
-  batches = _batches(tiny.config, 3)
+  batches, initial = _batches(tiny.config, 3), jax.device_get(tiny.new_state())
   one = _run(tiny.config, train.make_mesh(jax.devices()[:1]), tiny.generator,
-             tiny.discriminator, batches)
-  eight = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+             tiny.discriminator, batches, initial)
+  eight = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches, initial)
   for m1, m8 in zip(one[1], eight[1]):
     for key in m1:
       np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-5, err_msg=key)
@@ -68,9 +72,10 @@ def test_two_processes_keep_identical_replicated_state():
 
 def test_bfloat16_trains_and_stays_close_to_float32(tiny):
   config = tiny_config(dtype='bfloat16')
-  batches = _batches(config, 2, seed=5)
-  state16, history16 = _run(config, tiny.mesh, *make_models(config), batches)
-  state32, history32 = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches)
+  batches, initial = _batches(config, 2, seed=5), jax.device_get(tiny.new_state())
+  state16, history16 = _run(config, tiny.mesh, *make_models(config), batches, initial)
+  state32, history32 = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches,
+                            initial)
   for leaf in jax.tree.leaves(state16):
     assert leaf.dtype != np.dtype('bfloat16')  # parameters and all state stay float32
   for m16, m32 in zip(history16, history32):
