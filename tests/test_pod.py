@@ -17,7 +17,6 @@ from processes import single_device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 4
-pytestmark = pytest.mark.xdist_group('pod')  # one worker: pod_run is trained once
 
 
 def start_main(num_processes: int, devices: int, *args, timeout_flags=()) -> list:
