@@ -58,9 +58,14 @@ def tiny():
 
 
 @pytest.fixture(scope='session')
-def tfds_dir(tmp_path_factory):
-  """A TFDS data dir in which the embedded dataset gets prepared once."""
-  return str(tmp_path_factory.mktemp('tensorflow_datasets'))
+def tfds_dir(tmp_path_factory, worker_id):
+  """A TFDS data dir in which each embedded dataset gets prepared once, shared by the
+  pytest-xdist workers (two that prepare one at once each write their own copy, and the
+  second rename finds the first's: input_pipeline._prepare)."""
+  root = tmp_path_factory.getbasetemp()
+  path = (root if worker_id == 'master' else root.parent) / 'tensorflow_datasets'
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 @pytest.fixture(scope='session')
