@@ -50,7 +50,7 @@ def import_tensorflow_quietly() -> None:
       stderr = os.dup(2)
       os.dup2(captured.fileno(), 2)
       try:
-        importlib.import_module('tensorflow')
+        tf = importlib.import_module('tensorflow')
       except BaseException:
         os.dup2(stderr, 2)
         captured.seek(0)
@@ -59,7 +59,6 @@ def import_tensorflow_quietly() -> None:
       finally:
         os.dup2(stderr, 2)
         os.close(stderr)
-    import tensorflow as tf
     try:
       tf.config.set_visible_devices([], 'GPU')
     except RuntimeError:  # TensorFlow was initialised already, by an importer who chose
