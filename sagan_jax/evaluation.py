@@ -291,21 +291,25 @@ def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, referenc
   of the colours); with `class_ref` (class_reference) the
   intra-class FID of `classes`: their mean, and each class's in a dict."""
   features, logits = extractor(images, batch_size)
-  mu, sigma = metrics.moments(features)
   # With the classifier these are not FID/IS/KID (not Inception's features): other names.
   fid, is_, kid = (('fid', 'is', 'kid') if extractor.kind == 'inception' else
                    ('frechet_distance', 'classifier_score', 'kernel_distance'))
-  result = {fid: metrics.frechet_distance(mu, sigma, reference['mu'], reference['sigma'])}
+  result = {fid: metrics.frechet_distance_to(features, reference['mu'], reference['sigma'])}
   result[is_], result[is_ + '_std'] = metrics.inception_score(logits)
   result[kid], result[kid + '_std'] = metrics.kernel_inception_distance(
       features, reference['features'], subsets=10, subset_size=min(1000, len(images)))
   # Fidelity and variety (k = 3 and 5) against the reference's features, and class by
   # class where the reference has each class's labels.
-  result.update(metrics.precision_recall_density_coverage(reference['features'],
-                                                          features[:KID_FEATURES]))
+  # The reference's k-NN radii are kept in it for its next score (every evaluation).
+  kept = reference.setdefault('knn_radii', {'per_class': {}})
+  if 'all' not in kept:
+    kept['all'] = metrics.knn_radii(np.asarray(reference['features'], np.float64), (3, 5))
+  result.update(metrics.precision_recall_density_coverage(
+      reference['features'], features[:KID_FEATURES], real_radii=kept['all']))
   if 'labels' in reference:
     result.update({f'{k}_per_class': v for k, v in metrics.per_class_precision_recall(
-        reference['features'], reference['labels'], features, labels).items()})
+        reference['features'], reference['labels'], features, labels,
+        kept['per_class']).items()})
   result['diversity'] = metrics.within_class_diversity(features, labels)
   result['diversity_vs_data'] = result['diversity'] / float(reference['diversity'])
   if 'colour_diversity' in reference:  # the embedded dataset

@@ -110,14 +110,15 @@ def _builder(config) -> tfds.core.DatasetBuilder:
 def _prepare(builder: tfds.core.DatasetBuilder, what: str, **kwargs) -> None:
   """Prepares a dataset once. Processes of one run that share the data dir may prepare
   it at the same time: each writes its own temporary copy, and every rename after the
-  first finds the dataset there, which is as good."""
+  first finds the dataset there, which is as good (etils.epath raises FileExistsError,
+  or os.rename's ENOTEMPTY when the other copy lands between its check and the rename)."""
   if builder.is_prepared():
     return
   logging.info('Preparing %s in %s (once).', what, builder.data_dir)
   logs.import_tensorflow_quietly()  # TFDS writes a dataset with TensorFlow
   try:
     builder.download_and_prepare(**kwargs)
-  except FileExistsError:
+  except OSError:
     if not builder.is_prepared():
       raise
 

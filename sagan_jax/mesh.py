@@ -41,3 +41,14 @@ def global_array(x, sharding: jax.sharding.NamedSharding) -> jax.Array:
   process puts only its devices' parts): jit refuses numpy arguments whose sharding
   spans several processes."""
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def wait_for_every_process(name: str, timeout_s: int = 3600) -> None:
+  """Waits until every process of the run reaches `name` (each name once per run): a
+  barrier of JAX's coordination service, not a collective. XLA's CPU collectives (Gloo)
+  give a process 30 s to join the first collective, and one process preparing a dataset
+  or compiling on busy cores can lag the others by more: they then fail with 'Gloo
+  context initialization failed'."""
+  if jax.process_count() > 1:
+    from jax._src import distributed  # (the client; Orbax's barriers reach it the same way)
+    distributed.global_state.client.wait_at_barrier(f'sagan_jax_{name}', timeout_s * 1000)

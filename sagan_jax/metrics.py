@@ -31,6 +31,23 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
+def frechet_distance_to(features: np.ndarray, mu, sigma) -> float:
+  """The Frechet distance of features [n, d] (their moments) to (mu, sigma). With no
+  more samples than dimensions (a quick FID of 1,000 samples, or a test's few, against
+  Inception's 2048) it needs no d x d eigendecomposition: with A = (x - mean) /
+  sqrt(n - 1), S1 = A^T A, and the nonzero eigenvalues of S1 S2 are those of the n x n
+  symmetric PSD matrix A S2 A^T."""
+  x = np.asarray(features, np.float64)
+  if len(x) > x.shape[1]:
+    return frechet_distance(*moments(x), mu, sigma)
+  a = (x - x.mean(0)) / np.sqrt(len(x) - 1)
+  sigma = np.asarray(sigma, np.float64)
+  m = a @ sigma @ a.T
+  trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+  diff = x.mean(0) - np.asarray(mu, np.float64)
+  return float(diff @ diff + (a * a).sum() + np.trace(sigma) - 2 * trace_sqrt)
+
+
 def frechet_distance_of_features(x: np.ndarray, y: np.ndarray) -> float:
   """The Frechet distance of features x [n1, d] and y [n2, d]; cheap when n < d,
   as in intra-class FID (ImageNet: about 1,300 real images per class, d = 2048).
@@ -110,14 +127,16 @@ def _rows(n: int, chunk: int):
   return (slice(s, min(s + chunk, n)) for s in range(0, n, chunk))
 
 
-def knn_radii(x: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-  """Squared distance from each row of x to its k-th nearest other row [len(x)]."""
-  out = np.empty(len(x))
+def knn_radii(x: np.ndarray, k, chunk: int = 2048) -> np.ndarray:
+  """Squared distance from each row of x to its k-th nearest other row [len(x)]; for a
+  tuple of k, [len(k), len(x)] from one pass over the distances."""
+  ks = np.atleast_1d(k)
+  out = np.empty((len(ks), len(x)))
   for rows in _rows(len(x), chunk):
     d = _squared_distances(x[rows], x)
     d[np.arange(d.shape[0]), np.arange(rows.start, rows.stop)] = np.inf  # not itself
-    out[rows] = np.partition(d, k - 1, axis=1)[:, k - 1]
-  return out
+    out[:, rows] = np.partition(d, ks - 1, axis=1)[:, ks - 1].T
+  return out if np.ndim(k) else out[0]
 
 
 def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
@@ -133,7 +152,7 @@ def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
 
 
 def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: int = 3,
-                                      k_dc: int = 5) -> dict[str, float]:
+                                      k_dc: int = 5, real_radii=None) -> dict[str, float]:
   """Of features real [n, d] and fake [m, d]:
   - precision: the fraction of fakes inside some real's k_pr-NN ball (fidelity);
   - recall: the fraction of reals inside some fake's k_pr-NN ball (variety);
@@ -141,25 +160,35 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: 
     expectation for identical distributions; (k+1)/k for a set against itself);
   - coverage: the fraction of reals whose k_dc-NN ball holds a fake.
   A generator that collapses onto a few real images keeps a high precision while its
-  recall and coverage fall towards 0."""
+  recall and coverage fall towards 0.
+  real_radii: knn_radii(real, (k_pr, k_dc)), where the caller keeps them (a reference
+  scored against at every evaluation: the largest part of the cost)."""
   real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-  real_pr, fake_pr = knn_radii(real, k_pr), knn_radii(fake, k_pr)
+  real_pr, real_dc = knn_radii(real, (k_pr, k_dc)) if real_radii is None else real_radii
+  fake_pr = knn_radii(fake, k_pr)
   precise = _ball_counts(fake, real, real_pr)[0] > 0
   recalled = _ball_counts(real, fake, fake_pr)[0] > 0
-  real_dc = real_pr if k_dc == k_pr else knn_radii(real, k_dc)
   counts, covered = _ball_counts(fake, real, real_dc)
   return {'precision': float(precise.mean()), 'recall': float(recalled.mean()),
           'density': float(counts.mean() / k_dc), 'coverage': float(covered.mean())}
 
 
-def per_class_precision_recall(real, real_labels, fake, fake_labels, **kwargs) -> dict:
+def per_class_precision_recall(real, real_labels, fake, fake_labels, radii=None,
+                               **kwargs) -> dict:
   """precision_recall_density_coverage within each class present in both sets (with
-  more than k_dc examples in each), averaged over those classes."""
+  more than k_dc examples in each), averaged over those classes. radii: a dict in
+  which each class's real k-NN radii are kept for the next call (with the same real)."""
   k = max(kwargs.get('k_pr', 3), kwargs.get('k_dc', 5))
-  per_class = [precision_recall_density_coverage(real[real_labels == c], fake[fake_labels == c],
-                                                 **kwargs)
-               for c in np.intersect1d(real_labels, fake_labels)
-               if min((real_labels == c).sum(), (fake_labels == c).sum()) > k]
+  radii = {} if radii is None else radii
+  per_class = []
+  for c in np.intersect1d(real_labels, fake_labels):
+    if min((real_labels == c).sum(), (fake_labels == c).sum()) <= k:
+      continue
+    real_c = np.asarray(real[real_labels == c], np.float64)
+    if c not in radii:
+      radii[c] = knn_radii(real_c, (kwargs.get('k_pr', 3), kwargs.get('k_dc', 5)))
+    per_class.append(precision_recall_density_coverage(real_c, fake[fake_labels == c],
+                                                       real_radii=radii[c], **kwargs))
   if not per_class:
     return {}
   return {name: float(np.mean([m[name] for m in per_class])) for name in per_class[0]}

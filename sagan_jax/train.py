@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from sagan_jax import checkpoint, evaluation, input_pipeline, logs, sampling
 from sagan_jax.config import validate
-from sagan_jax.mesh import make_mesh
+from sagan_jax.mesh import make_mesh, wait_for_every_process
 from sagan_jax.models import make_models
 from sagan_jax.train_state import TrainState, generator_variables
 from sagan_jax.update import Update, check_memory, device_memory_limit
@@ -72,6 +72,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   validate(config, jax.device_count(), jax.process_count())
   mesh = make_mesh()
   data = input_pipeline.create_train_iterator(config, mesh)  # a missing dataset fails here
+  wait_for_every_process('data')  # before the first collective (Orbax's), however long it took
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
   manager = checkpoint.make_manager(workdir, config)

@@ -83,11 +83,15 @@ def pytest_configure(config):
                           'locally, CI runs it')
 
 
-# The test files that take longest (CPU seconds in the suite, 2026-12-03: the pods ~470,
-# the learning test ~190, main ~140, ...), longest first; the others follow.
-LONGEST_FILES = ('test_pod.py', 'test_learning.py', 'test_main.py', 'test_evaluation.py',
-                 'test_checkpoint.py', 'test_accumulation.py', 'test_parallel.py',
-                 'test_accelerator_check.py', 'test_gcs.py', 'test_data.py')
+# The test files that take longest (CPU seconds in the suite, 2026-12-03: the pods ~400,
+# the files of the `runs` fixture together ~400, the learning test ~170, main ~140, ...),
+# longest first; the others follow.
+LONGEST_FILES = ('test_pod.py', 'test_checkpoint.py', 'test_evaluation.py', 'test_accumulation.py',
+                 'test_gcs.py', 'test_learning.py', 'test_main.py', 'test_parallel.py',
+                 'test_accelerator_check.py', 'test_data.py')
+# The files that use the session's `runs` fixture (three tiny trainings): one unit of work
+# for one pytest-xdist worker, so that the fixture is made once, not on both workers.
+RUNS_FILES = ('test_checkpoint.py', 'test_evaluation.py', 'test_accumulation.py', 'test_gcs.py')
 
 
 def pytest_collection_modifyitems(items):
@@ -97,3 +101,14 @@ def pytest_collection_modifyitems(items):
   rank = lambda item: (LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES
                        else len(LONGEST_FILES))
   items.sort(key=rank)  # (a stable sort)
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """pytest.ini's whole files per worker (--dist loadfile), RUNS_FILES as one unit."""
+  from xdist.scheduler import LoadFileScheduling
+
+  class Scheduling(LoadFileScheduling):
+    def _split_scope(self, nodeid):
+      scope = super()._split_scope(nodeid)
+      return 'runs' if os.path.basename(scope) in RUNS_FILES else scope
+  return Scheduling(config, log)

@@ -59,6 +59,15 @@ def test_frechet_distance_of_real_images_is_small_and_of_noise_large(tfds_dir, r
   fd = lambda f: metrics.frechet_distance(*metrics.moments(f), reference['mu'],
                                           reference['sigma'])
   assert fd(test_features) * 10 < fd(noise_features)
+  # score() keeps the reference's k-NN radii in it for the next score, with the numbers
+  # of a reference scored against for the first time.
+  images, labels = next(evaluation.dataset_batches(config, 'test', 200))
+  first = evaluation.score(images, labels, extractor, reference)
+  kept = reference['knn_radii']
+  assert kept['all'].shape == (2, len(reference['features'])) and len(kept['per_class']) == 10
+  assert evaluation.score(images, labels, extractor, reference) == first
+  fresh = {k: v for k, v in reference.items() if k != 'knn_radii'}
+  assert evaluation.score(images, labels, extractor, fresh) == first
 
 
 def test_intra_class_distances_compare_each_class_with_the_same_real_class(

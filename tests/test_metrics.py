@@ -52,6 +52,15 @@ def test_frechet_distance_of_features_equals_the_moments_route(n1, n2):
   assert metrics.frechet_distance_of_features(f1, f2) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize('n', [8, 64, 200])  # n < d (the n x n route), n = d, n > d
+def test_frechet_distance_to_moments_equals_the_moments_route(n):
+  rng = np.random.default_rng(n)
+  features = rng.normal(size=(n, 64)) @ rng.normal(size=(64, 64))
+  mu, sigma = metrics.moments(rng.normal(size=(300, 64)) * 2 + 0.5)
+  expected = scipy_fid(*metrics.moments(features), mu, sigma)
+  assert metrics.frechet_distance_to(features, mu, sigma) == pytest.approx(expected, rel=1e-6)
+
+
 def test_inception_score_matches_numpy_reference():
   logits = np.random.default_rng(1).normal(scale=3, size=(1000, 10))
   scores = []
@@ -130,6 +139,10 @@ def test_precision_recall_density_coverage_match_the_definitions_sample_by_sampl
     assert got[name] == pytest.approx(want[name], abs=1e-12), name
   # Chunked: the same numbers when the rows are taken a few at a time.
   assert metrics.knn_radii(real, 3, chunk=7) == pytest.approx(metrics.knn_radii(real, 3))
+  # Several k from one pass: each row the radii of its k alone.
+  both = metrics.knn_radii(real, (3, 5), chunk=7)
+  assert both.shape == (2, 60) and both[1] == pytest.approx(metrics.knn_radii(real, 5))
+  assert both[0] == pytest.approx(metrics.knn_radii(real, 3)) and (both[1] >= both[0]).all()
   assert 0 < got['precision'] < 1 and 0 < got['recall'] < 1
 
 
