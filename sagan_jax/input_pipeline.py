@@ -111,16 +111,19 @@ def _prepare(builder: tfds.core.DatasetBuilder, what: str, **kwargs) -> None:
   """Prepares a dataset once. Processes of one run that share the data dir may prepare
   it at the same time: each writes its own temporary copy, and every rename after the
   first finds the dataset there, which is as good (etils.epath raises FileExistsError,
-  or os.rename's ENOTEMPTY when the other copy lands between its check and the rename)."""
-  if builder.is_prepared():
-    return
-  logging.info('Preparing %s in %s (once).', what, builder.data_dir)
-  logs.import_tensorflow_quietly()  # TFDS writes a dataset with TensorFlow
-  try:
-    builder.download_and_prepare(**kwargs)
-  except OSError:
-    if not builder.is_prepared():
-      raise
+  or os.rename's ENOTEMPTY when the other copy lands between its check and the rename).
+  A builder made before another process's copy landed holds no splits: they are read
+  from the copy."""
+  if not builder.is_prepared():
+    logging.info('Preparing %s in %s (once).', what, builder.data_dir)
+    logs.import_tensorflow_quietly()  # TFDS writes a dataset with TensorFlow
+    try:
+      builder.download_and_prepare(**kwargs)
+    except OSError:
+      if not builder.is_prepared():
+        raise
+  if not builder.info.splits:
+    builder.info.read_from_directory(builder.data_dir)
 
 
 def get_builder(config) -> tfds.core.DatasetBuilder:

@@ -2,6 +2,7 @@
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -30,6 +31,32 @@ def test_embedded_dataset_prepares_offline_and_is_balanced(tfds_dir):
   source = input_pipeline.data_source(config, 'test')
   labels = np.array([int(source[i]['label']) for i in range(len(source))])
   assert np.all(np.bincount(labels, minlength=10) == 100)
+
+
+def test_a_dataset_another_process_prepared_meanwhile_is_read_whole(tfds_dir, tmp_path):
+  """Processes of one run prepare the embedded dataset at once: a builder made before
+  another process's copy landed reads the splits from that copy, whether its own
+  preparation had not started (the copy is there) or lost the rename to it."""
+  prepared = input_pipeline.get_builder(shapes_config(tfds_dir))
+  for lost_rename in (False, True):
+    config = shapes_config(str(tmp_path / str(lost_rename)))
+    builder = tfds.builder('sagan_shapes', data_dir=config.data_dir,
+                           file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    assert not builder.info.splits  # made before the other copy landed
+    other_process = lambda: shutil.copytree(prepared.data_dir, builder.data_dir)
+    if lost_rename:
+      def download_and_prepare(**kwargs):
+        other_process()
+        raise FileExistsError(f'Cannot rename: {builder.data_dir} already exists.')
+      builder.download_and_prepare = download_and_prepare
+    else:
+      other_process()
+    input_pipeline._prepare(builder, 'sagan_shapes')
+    assert builder.info.splits['train'].num_examples == 10_000, lost_rename
+  with pytest.raises(OSError, match='disk full'):  # any other failure is not swallowed
+    builder = tfds.builder('sagan_shapes', data_dir=str(tmp_path / 'full'))
+    builder.download_and_prepare = lambda **kwargs: (_ for _ in ()).throw(OSError('disk full'))
+    input_pipeline._prepare(builder, 'sagan_shapes')
 
 
 def iterator(config, rows=None):
