@@ -4,17 +4,22 @@ import os
 import subprocess
 import sys
 
+from processes import single_device_env
+from sagan_jax.mesh import cpu_device_count
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_readme_quickstart_command(tfds_dir, tmp_path):
+  # As a user runs it: the CPU devices main.py chooses (one per core), not the suite's 8.
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/quickstart.py', f'--workdir={tmp_path}',
        '--config.num_train_steps=4', '--config.log_every_steps=2', f'--config.data_dir={tfds_dir}',
        '--config.eval_num_samples=100'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+      cwd=ROOT, env=single_device_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert f'{cpu_device_count(32, os.cpu_count())} devices, 1 processes' in result.stderr
   assert 'step 4/4' in result.stderr and 'images/s' in result.stderr and 'ETA' in result.stderr
   assert os.path.exists(tmp_path / 'samples' / '0000004_ema.png')
   # A quiet console: this program's lines, none of Orbax's, JAX's or TensorFlow's chatter.
