@@ -174,21 +174,20 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: 
 
 
 def per_class_precision_recall(real, real_labels, fake, fake_labels, radii=None,
-                               **kwargs) -> dict:
+                               k_pr: int = 3, k_dc: int = 5) -> dict:
   """precision_recall_density_coverage within each class present in both sets (with
   more than k_dc examples in each), averaged over those classes. radii: a dict in
   which each class's real k-NN radii are kept for the next call (with the same real)."""
-  k = max(kwargs.get('k_pr', 3), kwargs.get('k_dc', 5))
   radii = {} if radii is None else radii
   per_class = []
   for c in np.intersect1d(real_labels, fake_labels):
-    if min((real_labels == c).sum(), (fake_labels == c).sum()) <= k:
+    if min((real_labels == c).sum(), (fake_labels == c).sum()) <= max(k_pr, k_dc):
       continue
-    real_c = np.asarray(real[real_labels == c], np.float64)
+    real_c = real[real_labels == c]
     if c not in radii:
-      radii[c] = knn_radii(real_c, (kwargs.get('k_pr', 3), kwargs.get('k_dc', 5)))
-    per_class.append(precision_recall_density_coverage(real_c, fake[fake_labels == c],
-                                                       real_radii=radii[c], **kwargs))
+      radii[c] = knn_radii(np.asarray(real_c, np.float64), (k_pr, k_dc))
+    per_class.append(precision_recall_density_coverage(real_c, fake[fake_labels == c], k_pr,
+                                                       k_dc, real_radii=radii[c]))
   if not per_class:
     return {}
   return {name: float(np.mean([m[name] for m in per_class])) for name in per_class[0]}
