@@ -40,7 +40,7 @@ def main():
   rng = np.random.default_rng(0)
   real, fake = rng.normal(size=(args.reference, 128)), rng.normal(size=(args.samples, 128))
   real_labels, fake_labels = np.arange(args.reference) % 10, np.arange(args.samples) % 10
-  radii, per_class = metrics.knn_radii(real, (3, 5)), {}
+  radii, per_class = metrics.knn_radii(real, (metrics.K_PR, metrics.K_DC)), {}
   metrics.per_class_precision_recall(real, real_labels, fake, fake_labels, per_class)
   before = seconds(lambda: (metrics.precision_recall_density_coverage(real, fake),
                             metrics.per_class_precision_recall(real, real_labels, fake,

@@ -7,6 +7,7 @@ import difflib
 
 import ml_collections
 
+from sagan_jax.metrics import MIN_SAMPLES, MIN_SAMPLES_WHY
 from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers,
                               attention_resolutions, on_nvidia_gpu)
 
@@ -178,7 +179,8 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.data_workers >= -1, 'data_workers', c.data_workers, '-1 (automatic) or a count >= 0')
   _check(c.ema_start_step >= 0, 'ema_start_step', c.ema_start_step, 'an integer >= 0')
   _check(c.eval_every_steps >= 0, 'eval_every_steps', c.eval_every_steps, 'an integer >= 0')
-  _check(c.eval_num_samples >= 2, 'eval_num_samples', c.eval_num_samples, 'an integer >= 2')
+  _check(c.eval_num_samples >= MIN_SAMPLES, 'eval_num_samples', c.eval_num_samples,
+         f'an integer >= {MIN_SAMPLES} ({MIN_SAMPLES_WHY})')
   _check(c.eval_features in ('', 'inception', 'classifier'), 'eval_features', c.eval_features,
          "'', 'inception' or 'classifier'")
   if c.eval_intra_class:

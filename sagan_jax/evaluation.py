@@ -303,7 +303,8 @@ def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, referenc
   # The reference's k-NN radii are kept in it for its next score (every evaluation).
   kept = reference.setdefault('knn_radii', {'per_class': {}})
   if 'all' not in kept:
-    kept['all'] = metrics.knn_radii(np.asarray(reference['features'], np.float64), (3, 5))
+    kept['all'] = metrics.knn_radii(np.asarray(reference['features'], np.float64),
+                                   (metrics.K_PR, metrics.K_DC))
   result.update(metrics.precision_recall_density_coverage(
       reference['features'], features[:KID_FEATURES], real_radii=kept['all']))
   if 'labels' in reference:

@@ -2,6 +2,12 @@
 host in float64."""
 import numpy as np
 
+# The neighbours of precision and recall (k_pr) and of density and coverage (k_dc), as
+# Naeem et al. 2020; a set of features needs k_dc + 1 rows for its k_dc-th nearest other.
+K_PR, K_DC = 3, 5
+MIN_SAMPLES = K_DC + 1
+MIN_SAMPLES_WHY = f"density and coverage use each sample's {K_DC}th nearest other"
+
 
 def moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Mean [d] and unbiased covariance [d, d] of features [n, d], in float64."""
@@ -151,8 +157,8 @@ def _ball_counts(points: np.ndarray, centres: np.ndarray, radii: np.ndarray,
   return counts, covered
 
 
-def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: int = 3,
-                                      k_dc: int = 5, real_radii=None) -> dict[str, float]:
+def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: int = K_PR,
+                                      k_dc: int = K_DC, real_radii=None) -> dict[str, float]:
   """Of features real [n, d] and fake [m, d]:
   - precision: the fraction of fakes inside some real's k_pr-NN ball (fidelity);
   - recall: the fraction of reals inside some fake's k_pr-NN ball (variety);
@@ -174,7 +180,7 @@ def precision_recall_density_coverage(real: np.ndarray, fake: np.ndarray, k_pr: 
 
 
 def per_class_precision_recall(real, real_labels, fake, fake_labels, radii=None,
-                               k_pr: int = 3, k_dc: int = 5) -> dict:
+                               k_pr: int = K_PR, k_dc: int = K_DC) -> dict:
   """precision_recall_density_coverage within each class present in both sets (with
   more than k_dc examples in each), averaged over those classes. radii: a dict in
   which each class's real k-NN radii are kept for the next call (with the same real)."""

@@ -16,7 +16,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import checkpoint, logs, sampling
+from sagan_jax import checkpoint, logs, metrics, sampling
 from sagan_jax.config import class_indices, validate
 from sagan_jax.models import make_models
 from sagan_jax.mesh import make_mesh
@@ -218,11 +218,18 @@ def attention(workdir: str, options: Options):
   return written, images, maps
 
 
+def _check_eval_samples(num: int):
+  if num < metrics.MIN_SAMPLES:
+    raise ModeError(f'--eval_samples={num}: at least {metrics.MIN_SAMPLES} '
+                    f'({metrics.MIN_SAMPLES_WHY})')
+
+
 def evaluate(workdir: str, options: Options) -> list[str]:
   """FID, IS, KID (and, with the classifier, class accuracy) of eval_samples
   (default 50,000) samples against the dataset's train split; prints them and
   writes them as JSON."""
   from sagan_jax import evaluation  # here: it loads TensorFlow, which the other modes do not need
+  _check_eval_samples(options.eval_samples)
   s = Sampler(workdir, options)
   config = s.config
   try:
@@ -258,6 +265,7 @@ def reference(config, workdir: str, options: Options) -> list[str]:
   once, like the other modes: the features are computed on all devices."""
   from sagan_jax import evaluation  # loads TensorFlow (see evaluate)
   validate(config, jax.device_count(), jax.process_count())
+  _check_eval_samples(options.eval_samples)
   try:
     extractor = evaluation.make_extractor(config, make_mesh(), options.features,
                                           options.inception_weights, options.classifier_weights)

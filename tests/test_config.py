@@ -45,11 +45,13 @@ def test_imagenet128_is_the_papers_setup():
     ('eval_intra_class', '3,10', r"config.eval_intra_class='3,10': class 10 is out of range; "
                                  r'this model has 10 classes, 0 to 9'),
     ('eval_num_samples', 19, r'config.eval_num_samples=19 .* at least 2 samples per class'),
+    ('eval_num_samples', 5, r"config.eval_num_samples=5 .* >= 6 \(density and coverage use each "
+                            r"sample's 5th nearest other\)"),
 ])
 def test_bad_values_name_the_field_and_the_allowed_values(field, value, message):
   c = load_config('quickstart')
   c[field] = value
-  if field == 'eval_num_samples':
+  if field == 'eval_num_samples' and value > 6:
     c.eval_intra_class = 'all'
   with pytest.raises(ConfigError, match=message):
     validate(c, num_devices=8)

@@ -2,12 +2,12 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
 from processes import single_device_env
 from sagan_jax import classifier, evaluation, modes, train
+from tiny_config import shapes_config
 
 
 @pytest.fixture(scope='module')
@@ -48,7 +48,6 @@ def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weig
 
 def test_frechet_distance_of_real_images_is_small_and_of_noise_large(tfds_dir, runs,
                                                                      classifier_weights):
-  from tiny_config import shapes_config
   config = shapes_config(tfds_dir)
   extractor = evaluation.Extractor('classifier', classifier_weights, train.make_mesh(), 10)
   reference = evaluation.reference_statistics(config, extractor, 'train', 1000, runs[1])
@@ -72,7 +71,6 @@ def test_frechet_distance_of_real_images_is_small_and_of_noise_large(tfds_dir, r
 
 def test_intra_class_distances_compare_each_class_with_the_same_real_class(
     tfds_dir, classifier_weights, tmp_path):
-  from tiny_config import shapes_config
   config = shapes_config(tfds_dir)
   extractor = evaluation.Extractor('classifier', classifier_weights, train.make_mesh(), 10)
   reference = evaluation.class_reference(config, extractor, 'train', [3, 1], str(tmp_path))
@@ -87,7 +85,7 @@ def test_intra_class_distances_compare_each_class_with_the_same_real_class(
   assert max(right.values()) * 5 < min(swapped.values())
 
 
-def test_eval_mode_intra_class(runs, classifier_weights, tmp_path):
+def test_eval_mode_intra_class(runs, classifier_weights, tfds_dir, tmp_path):
   options = modes.Options(eval_samples=40, sample_batch_size=16,
                           classifier_weights=classifier_weights,
                           intra_class='3,1', out=str(tmp_path))
@@ -96,16 +94,19 @@ def test_eval_mode_intra_class(runs, classifier_weights, tmp_path):
   assert sorted(per_class) == ['1', '3'] and min(per_class.values()) > 0
   assert result['intra_frechet_distance'] == pytest.approx(np.mean(list(per_class.values())))
   for spec, num, message in (('12', 40, r"--intra_class='12': class 12 is out of range"),
-                             ('all', 19, r'at least 2 samples of each class: --eval_samples=20')):
+                             ('all', 19, r'at least 2 samples of each class: --eval_samples=20'),
+                             ('', 5, r'--eval_samples=5: at least 6 \(density and coverage')):
     with pytest.raises(modes.ModeError, match=message):
       modes.evaluate(runs[1], modes.Options(eval_samples=num, intra_class=spec,
                                             classifier_weights=classifier_weights))
+  with pytest.raises(modes.ModeError, match=r'--eval_samples=5: at least 6'):
+    modes.reference(shapes_config(tfds_dir), str(tmp_path), modes.Options(eval_samples=5))
 
 
 def test_reference_command_fills_the_directory_runs_read(tfds_dir, classifier_weights, tmp_path):
   import subprocess
   import sys
-  from tiny_config import ROOT, shapes_config
+  from tiny_config import ROOT
   shared = tmp_path / 'shared'
   subprocess.run([sys.executable, 'main.py', '--mode=reference', '--config=tests/tiny_config.py',
                   f'--workdir={tmp_path / "run"}', f'--config.data_dir={tfds_dir}',
@@ -132,7 +133,6 @@ def test_eval_without_weights_says_how_to_get_them(runs, tmp_path):
 
 def test_training_evaluates_and_keeps_the_best_checkpoint_apart(tfds_dir, classifier_weights,
                                                                   tmp_path):
-  from tiny_config import shapes_config
   from sagan_jax import checkpoint
   config = shapes_config(tfds_dir, num_train_steps=6, eval_every_steps=2, eval_num_samples=32,
                          classifier_weights=classifier_weights, checkpoint_every_steps=2,
