@@ -19,7 +19,7 @@ from tiny_config import tiny_config
 
 def main(port, process_id, num_processes, grad_accumulation=1):
   jax.distributed.initialize(f'localhost:{port}', num_processes, process_id)
-  config = tiny_config(grad_accumulation=grad_accumulation)
+  config = tiny_config(grad_accumulation=grad_accumulation, num_d_steps=1)  # a smaller program
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
