@@ -80,13 +80,7 @@ class Update:
 
   @functools.cached_property
   def _init(self):
-    # It runs once: on the CPU, compiled without LLVM's optimisations, which spend long on
-    # its threefry loops for little (jaxlib 0.10.2, compile + run: the quickstart 7.6 s ->
-    # 5.9 s, ImageNet-128 12.6 + 0.8 s -> 5.6 + 2.9 s). Its floats can differ in the last
-    # bit from an optimised build's; every process builds it alike.
-    cpu = self.mesh.devices.flat[0].platform == 'cpu'
-    return jax.jit(self.new_state, out_shardings=NamedSharding(self.mesh, P()),
-                   compiler_options={'xla_backend_optimization_level': 0} if cpu else None)
+    return jax.jit(self.new_state, out_shardings=NamedSharding(self.mesh, P()))
 
   def init(self, seed: int) -> TrainState:
     """The initial state, created directly replicated on the mesh (compiled once)."""

@@ -2,14 +2,13 @@
 settings) at 8 channels and a batch of 16 (together about 6x faster per step) and twice
 its learning rates (G 4e-4, D 1.6e-3: the classes come sooner), run by main.py for 500
 steps, judged by its end-of-training evaluation with the shipped classifier. Fails if a
-change breaks learning while every unit test passes. Measured on 2026-12-04 (EMA class
-accuracy at step 500, chance 10%): seeds 0, 1, 2: 23.5%, 35.4%, 37.2% (on 2026-12-03, when
-the initial state was built with LLVM's optimisations, its floats different in the last
-bit: 33.4%, 33.5%, 30.8%; at step 500 the classes are still coming, and such a change
-moves a seed by up to 10 points). On 2026-12-03 at the shapes
+change breaks learning while every unit test passes. Measured on 2026-12-03 (EMA class
+accuracy at step 500, chance 10%): seeds 0, 1, 2: 33.4%, 33.5%, 30.8%; at the shapes
 config's own rates, 20.2% at step 500 and 29.2% at step 800 (seed 0). (The digits
 quickstart at 8 channels reached only 14.6% at step 800: its settings were chosen at 64
-channels.)"""
+channels.) Seed 0 on 2026-12-04, on a newer 2-core VM (AMD Zen 5): 33.4% again. At step
+500 the classes are still coming: an initial state whose floats differed in the last bit
+(compiled without LLVM's optimisations; tried and reverted) gave 23.5%, 35.4%, 37.2%."""
 import json
 import os
 import subprocess
