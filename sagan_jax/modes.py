@@ -228,8 +228,8 @@ def evaluate(workdir: str, options: Options) -> list[str]:
   """FID, IS, KID (and, with the classifier, class accuracy) of eval_samples
   (default 50,000) samples against the dataset's train split; prints them and
   writes them as JSON."""
+  _check_eval_samples(options.eval_samples)  # before TensorFlow's import
   from sagan_jax import evaluation  # here: it loads TensorFlow, which the other modes do not need
-  _check_eval_samples(options.eval_samples)
   s = Sampler(workdir, options)
   config = s.config
   try:
@@ -263,9 +263,9 @@ def reference(config, workdir: str, options: Options) -> list[str]:
   else WORKDIR/reference_stats) with the statistics of eval_samples train images,
   and per class with intra_class, ahead of the runs. On every process of a pod at
   once, like the other modes: the features are computed on all devices."""
-  from sagan_jax import evaluation  # loads TensorFlow (see evaluate)
   validate(config, jax.device_count(), jax.process_count())
   _check_eval_samples(options.eval_samples)
+  from sagan_jax import evaluation  # loads TensorFlow (see evaluate)
   try:
     extractor = evaluation.make_extractor(config, make_mesh(), options.features,
                                           options.inception_weights, options.classifier_weights)
