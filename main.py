@@ -9,9 +9,12 @@
   python main.py --mode=eval --workdir=/tmp/sagan --eval_samples=10000
   python main.py --mode=reference --config=configs/imagenet128.py --workdir=... \
       --config.reference_dir=gs://BUCKET/ref --features=inception --inception_weights=...
+  python main.py --mode=compile --config=configs/imagenet128.py --topology=v5e-256 \
+      --config.dtype=bfloat16 --max_batch --out=/tmp/compile
 
 The sample, interpolate, attention and eval modes read the config from the checkpoint;
-the reference mode fills a config's reference statistics ahead of its runs.
+the reference mode fills a config's reference statistics ahead of its runs; the compile
+mode compiles a config's programs for a TPU slice, on any machine (no TPU needed).
 """
 import os
 import sys
@@ -38,12 +41,11 @@ flags.DEFINE_bool('compilation_cache', True,
 flags.DEFINE_bool('verbose', False, "Also every library's INFO and WARNING lines (Orbax, JAX, "
                   'TensorFlow); by default only this program\'s lines and errors.')
 flags.DEFINE_enum('mode', 'train',
-                  ['train', 'sample', 'interpolate', 'attention', 'eval', 'reference'],
+                  ['train', 'sample', 'interpolate', 'attention', 'eval', 'reference', 'compile'],
                   'train; look at the latest (or --checkpoint_step) checkpoint in --workdir; '
-                  'or fill the reference statistics of --config (config.reference_dir, '
-                  'else WORKDIR/reference_stats).')
-flags.mark_flags_as_required(['workdir'])
-options.define_flags()  # the options of the sample, interpolate, attention and eval modes
+                  'fill the reference statistics of --config (config.reference_dir, else '
+                  'WORKDIR/reference_stats); or compile --config for the TPU slice --topology.')
+options.define_flags()  # the options of the other modes
 
 
 # Process counts that cluster launchers put in the environment of each process.
@@ -76,10 +78,10 @@ def parse_flags(argv):
       sys.exit('Command-line error: --config.FIELD overrides a field of --config=FILE, which '
                'only training takes; the sample, interpolate, attention and eval modes read '
                'the config from the checkpoint in --workdir')
-    if 'workdir=None' in str(e):
-      sys.exit('Command-line error: --workdir is required: the directory of checkpoints, '
-               'samples and metrics, e.g. --workdir=/tmp/sagan_quickstart')
     sys.exit(f'Command-line error: {e} (python main.py --helpfull lists the flags)')
+  if FLAGS.workdir is None and FLAGS.mode != 'compile':
+    sys.exit('Command-line error: --workdir is required: the directory of checkpoints, '
+             'samples and metrics, e.g. --workdir=/tmp/sagan_quickstart')
   if FLAGS['config'].present:
     try:
       FLAGS.config.keys()  # ml_collections reports a file that did not load only on use
@@ -97,13 +99,17 @@ def parse_flags(argv):
     sys.exit(f'Command-line error: --{given[0]} is an option of the sample, interpolate, '
              f'attention, eval and reference modes, not of training (choose one with --mode, '
              f'or set training\'s own fields with --config.FIELD)')
-  if FLAGS.mode == 'reference':
+  own = {'reference': options.REFERENCE, 'compile': options.COMPILE}.get(FLAGS.mode)
+  if own:
     if not FLAGS['config'].present:
-      sys.exit('Command-line error: --mode=reference needs the --config of the runs that will '
-               'read the statistics, e.g. --config=configs/imagenet128.py')
-    if other := [name for name in given if name not in options.REFERENCE]:
-      sys.exit(f'Command-line error: --mode=reference takes --{", --".join(options.REFERENCE)}'
-               f', not --{other[0]}')
+      sys.exit(f'Command-line error: --mode={FLAGS.mode} needs the --config of the runs it is '
+               'for, e.g. --config=configs/imagenet128.py')
+    if other := [name for name in given if name not in own]:
+      sys.exit(f'Command-line error: --mode={FLAGS.mode} takes --{", --".join(own)}, not '
+               f'--{other[0]}')
+    if FLAGS.mode == 'compile' and not FLAGS.topology:
+      sys.exit('Command-line error: --mode=compile needs --topology, the slice to compile for, '
+               'e.g. --topology=v5e-16 (v4-N, v5e-N, v5p-N or v6e-N)')
   elif FLAGS.mode != 'train' and (FLAGS['config'].present or overrides):
     sys.exit(f'Command-line error: --mode={FLAGS.mode} reads the config from the checkpoint in '
              f'--workdir; leave out --config and --config.FIELD (the mode\'s own options are '
@@ -112,6 +118,12 @@ def parse_flags(argv):
 
 
 def run_mode(mode: str) -> None:
+  if mode == 'compile':
+    from sagan_jax import aot, chips
+    out = FLAGS.out or (f'{FLAGS.workdir}/compile' if FLAGS.workdir else '')
+    aot.compile_for_slice(FLAGS.config, chips.parse(FLAGS.topology, FLAGS.num_slices), out,
+                          FLAGS.max_batch, FLAGS.compile_evaluation)
+    return
   from sagan_jax import modes
   if mode == 'reference':
     written = modes.reference(FLAGS.config, FLAGS.workdir, options.from_flags())
@@ -129,13 +141,17 @@ def main(argv):
   if not FLAGS.verbose:
     logs.quiet_console()
   import jax
+  if FLAGS.mode == 'compile':  # for a TPU slice that is not here: only the compiler's devices
+    os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+    jax.config.update('jax_platforms', 'cpu')
   from sagan_jax import train
   from sagan_jax.checkpoint import CheckpointError
+  from sagan_jax.chips import SliceError
   from sagan_jax.config import ConfigError, validate
   from sagan_jax.input_pipeline import DataError
   from sagan_jax.modes import ModeError
 
-  if FLAGS.compilation_cache and not jax.config.jax_compilation_cache_dir:
+  if FLAGS.compilation_cache and FLAGS.workdir and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', f'{FLAGS.workdir}/compilation_cache')
   if FLAGS.mode == 'train' and FLAGS.config is not None:
     from sagan_jax.mesh import use_cpu_cores
@@ -164,6 +180,8 @@ def main(argv):
       run_mode(FLAGS.mode)
   except ModeError as e:
     sys.exit(f'Error: {e}')
+  except SliceError as e:
+    sys.exit(f'Compile error: {e}')
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
   except DataError as e:

@@ -53,9 +53,11 @@ from sagan_jax import (digits_dataset, evaluation, inception, sampling,  # noqa:
 from sagan_jax.config import ConfigError, validate  # noqa: E402
 from sagan_jax.layers import attention  # noqa: E402
 from sagan_jax.mesh import make_mesh  # noqa: E402
-from sagan_jax.models import attention_implementation, make_models, on_nvidia_gpu  # noqa: E402
+from sagan_jax.device_policy import attention_implementation, platform_of  # noqa: E402
+from sagan_jax.models import make_models  # noqa: E402
 from sagan_jax.train_state import generator_variables  # noqa: E402
-from sagan_jax.update import Update, step_memory  # noqa: E402
+from sagan_jax import memory as step_memory_of  # noqa: E402
+from sagan_jax.update import Update  # noqa: E402
 
 log = logging.getLogger('accelerator_check')
 GIB = 2**30
@@ -79,7 +81,7 @@ class Check:
 
   def __init__(self, args):
     self.args, self.deadline = args, time.monotonic() + args.budget_minutes * 60
-    self.on_gpu = on_nvidia_gpu()
+    self.on_gpu = platform_of() == 'nvidia_gpu'
     self.results = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(' ', 'seconds'),
                     'command': ' '.join(sys.argv), 'tiny': args.tiny, 'parts': {}}
     # Sizes: the paper's on a device, a few channels and pixels with --tiny, where the FID
@@ -222,14 +224,14 @@ _INITIAL = {}  # config but dtype, batch and attention path -> Future of the sta
 
 
 def initial_ahead(update):
-  """Starts update.init(seed) unless it was (a Future of the state on the host): once
+  """Starts update.initial_state(seed) unless it was (a Future of the state on the host): once
   for all the configs that differ only in the compute dtype, batch size or attention
   path (the state does not depend on them: parameters are float32 in every dtype)."""
   c = {k: v for k, v in update.config.to_dict().items()
        if k not in ('dtype', 'batch_size', 'attention_impl')}
   key = json.dumps(c, sort_keys=True, default=str)
   if key not in _INITIAL:
-    _INITIAL[key] = _POOL.submit(lambda: jax.device_get(update.init(update.config.seed)))
+    _INITIAL[key] = _POOL.submit(lambda: jax.device_get(update.initial_state(update.config.seed)))
   return _INITIAL[key]
 
 
@@ -237,19 +239,14 @@ def initial_state(update):
   """The initial state (initial_ahead) on update's mesh."""
   state = initial_ahead(update).result()
   shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
-  assert shapes(state) == shapes(update.shapes()), 'the initial state depends on the dtype'
+  assert shapes(state) == shapes(update.state_shapes()), 'the initial state depends on the dtype'
   return jax.device_put(state, NamedSharding(update.mesh, P()))
 
 
 def _compile(config, mesh):
   update = Update(config, *make_models(config), mesh)
-  # checkpoint.abstract's work, written here: importing sagan_jax.checkpoint (Orbax, absl)
-  # installs a root log handler, and this script's log file then stays empty.
-  replicated = NamedSharding(mesh, P())
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                       update.shapes())
   start = time.perf_counter()
-  step = update.compile().lower(state, synthetic_batch(config, mesh)).compile()
+  step = update.jitted().lower(update.state_shapes(), synthetic_batch(config, mesh)).compile()
   return update, step, time.perf_counter() - start
 
 
@@ -273,7 +270,7 @@ def measure_step(check, config, mesh) -> dict:
   update, state, batch, step, compile_s = compiled_step(config, mesh)
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
-  memory = step_memory(step)
+  memory = step_memory_of.of(step).as_dict()
   for _ in range(2):  # warm-up
     state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
@@ -286,8 +283,7 @@ def measure_step(check, config, mesh) -> dict:
   step_s = float(np.median(times))
   peak = check.results['parts']['device']['matmul_peak_tflop_s'][config.dtype] * 1e12
   stats = jax.devices()[0].memory_stats() or {}
-  return {'attention': attention_implementation(config, check.on_gpu,
-                                                jax.default_backend() == 'cpu'),
+  return {'attention': attention_implementation(config, platform_of()),
           'compile_s': round(compile_s, 1), 'ms_per_step': round(step_s * 1e3, 2),
           'ms_per_step_min_max': [round(min(times) * 1e3, 2), round(max(times) * 1e3, 2)],
           'images_per_s': round(config.batch_size * config.num_d_steps / step_s, 1),
@@ -467,7 +463,7 @@ def max_batch_part(check, record):
       try:
         config = step_config(check, batch_size, dtype, impl)
         _, state, batch, step, _ = compiled_step(config, mesh)
-        peak = step_memory(step)['peak']
+        peak = step_memory_of.of(step).as_dict()['peak']
         if limit and peak > limit:
           raise MemoryError(f'XLA estimates {peak / GIB:.1f} GiB, the device has '
                             f'{limit / GIB:.1f}')
@@ -484,8 +480,8 @@ def max_batch_part(check, record):
 
     first = s['big']
     if limit:  # peak(B) = fixed + B * per_image, from the step part's two compiles
-      estimate = lambda b: step_memory(compiled_step(step_config(check, b, dtype, impl),
-                                                     mesh)[3])['peak']
+      estimate = lambda b: step_memory_of.of(compiled_step(step_config(check, b, dtype, impl),
+                                                           mesh)[3]).peak
       small, big = estimate(s['small']), estimate(s['big'])
       per_image = (big - small) / (s['big'] - s['small'])
       first = int((limit - (big - per_image * s['big'])) / per_image) // GRAIN * GRAIN

@@ -39,7 +39,7 @@ def main(argv):
   for _ in range(3):
     next(data)
   update = Update(config, *make_models(config), mesh)
-  state = update.init(config.seed)
+  state = update.initial_state(config.seed)
   saves, restores = [], []
   with tempfile.TemporaryDirectory() as workdir:
     manager = checkpoint.make_manager(workdir, config)
@@ -49,7 +49,7 @@ def main(argv):
       manager.wait_until_finished()
       saves.append(time.perf_counter() - start)
       start = time.perf_counter()
-      checkpoint.restore_for_training(manager, config, checkpoint.abstract(update.shapes(), mesh),
+      checkpoint.restore_for_training(manager, config, update.state_shapes(),
                                       data)
       restores.append(time.perf_counter() - start)
     directory = checkpoint.checkpoint_dir(workdir) / str(FLAGS.repeats)

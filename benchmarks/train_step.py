@@ -38,7 +38,8 @@ from sagan_jax import train
 from sagan_jax.config import validate
 from sagan_jax.mesh import use_cpu_cores
 from sagan_jax.models import make_models
-from sagan_jax.update import Update, step_memory
+from sagan_jax import memory
+from sagan_jax.update import Update
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -72,7 +73,7 @@ def main(argv):
   mesh = train.make_mesh()
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
-  state = update.init(0)
+  state = update.initial_state(0)
   rng = np.random.default_rng(0)
   shape = (config.num_d_steps, config.batch_size // jax.process_count())
   batch = train.shard_batch(
@@ -80,12 +81,12 @@ def main(argv):
        'label': rng.integers(0, config.num_classes, shape, np.int32)}, mesh)
 
   start = time.perf_counter()
-  step = update.compile().lower(
+  step = update.jitted().lower(
       state, batch).compile()
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
-  estimate = {k: round(v / 2**20, 1) for k, v in step_memory(step).items()}
+  estimate = {k: round(v / 2**20, 1) for k, v in memory.of(step).as_dict().items() if k != 'rejected'}
   settings = {k: config[k] for k in ('image_size', 'ch', 'batch_size', 'num_d_steps',
                                      'attention_resolution', 'dtype', 'grad_accumulation',
                                      'remat', 'attention_impl', 'resampling')}

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from sagan_jax import sampling
 from sagan_jax.config import default_config
+from sagan_jax.mesh import abstract
 from sagan_jax.models import make_models
 from sagan_jax.train_state import DISCRIMINATOR_FIELDS, generator_fields
 
@@ -94,12 +93,6 @@ def save(manager: ocp.CheckpointManager, state, data, config, metrics=None) -> b
 
 
 # Reading
-
-def abstract(tree, mesh):
-  """ShapeDtypeStructs of `tree`'s leaves, replicated on `mesh`."""
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
-
 
 def _step_or_latest(manager, workdir: str, step: int | None) -> int:
   steps = manager.all_steps()

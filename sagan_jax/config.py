@@ -7,9 +7,10 @@ import difflib
 
 import ml_collections
 
+from sagan_jax import device_policy
+from sagan_jax.architectures import ARCHITECTURES, attention_multipliers, attention_resolutions
 from sagan_jax.metrics import MIN_SAMPLES, MIN_SAMPLES_WHY
-from sagan_jax.models import (ARCHITECTURES, INITIALIZERS, attention_multipliers,
-                              attention_resolutions, on_nvidia_gpu)
+from sagan_jax.models import INITIALIZERS
 
 LOSSES = ('hinge', 'non_saturating', 'wasserstein')
 CBNS = ('tables', 'sn_linear')
@@ -69,11 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.0
   c.adam_b2 = 0.999  # authors' code (TF default); the paper says 0.9
   c.adam_eps = 1e-8  # TF's and optax's default; StudioGAN uses 1e-6
-  c.state_updates = 'once'  # when spectral u and G's BN averages advance: 'once' (authors'
-  #   code: D's u once per D step, real and fake in one D call; G's once per G step) or
-  #   'every_call' (PyTorch modules as StudioGAN runs them: D on real, then on fake, and
-  #   every training-mode forward advances its network's u and G's BN averages: D's u 3
-  #   times and G's twice per iteration)
+  c.state_updates = 'once'  # when spectral u advances: 'once' (authors' code: D's u once
+  #   per D step, real and fake in one D call; G's once per G step) or 'every_call'
+  #   (StudioGAN's PyTorch modules: D on real, then on fake, and every training-mode
+  #   forward advances its network's u: D's 3 times and G's twice per iteration, and once
+  #   per micro-batch forward with grad_accumulation). G's BN averages move in the G step
+  #   only, either way (update.py)
   c.ema_decay = 0.9999  # EMA of G's weights (not in the paper; BigGAN's decay)
   c.ema_start_step = 20_000  # before this step the EMA copies G's weights
   c.ema_bn_batches = 16  # the EMA G's BN statistics: the mean over this many generated
@@ -138,8 +140,9 @@ def check_field_names(names) -> None:
       raise ConfigError(f'config.{name} is not a known field; {hint}')
 
 
-def validate(config, num_devices: int, num_processes: int = 1) -> None:
-  """Raises ConfigError naming the first bad field and the values it allows."""
+def validate(config, num_devices: int, num_processes: int = 1, platform: str = '') -> None:
+  """Raises ConfigError naming the first bad field and the values it allows, for a run on
+  `num_devices` devices of `platform` (device_policy.PLATFORMS; '': this host's)."""
   check_field_names(config.keys())
   c = config
   _check(c.image_size in ARCHITECTURES, 'image_size', c.image_size,
@@ -151,9 +154,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.attention_impl in ATTENTION_IMPLS, 'attention_impl', c.attention_impl,
          f'one of {ATTENTION_IMPLS}')
   if c.attention_impl == 'cudnn':
-    _check(on_nvidia_gpu() and c.dtype == 'bfloat16', 'attention_impl',
-           c.attention_impl, "'auto' or 'xla': cuDNN attention needs an NVIDIA GPU and "
-           "dtype='bfloat16'")
+    _check(device_policy.cudnn_attention_allowed(c, platform or device_policy.platform_of()),
+           'attention_impl', c.attention_impl,
+           "'auto' or 'xla': cuDNN attention needs an NVIDIA GPU and dtype='bfloat16'")
   _check(c.resampling in RESAMPLINGS, 'resampling', c.resampling, f'one of {RESAMPLINGS}')
   _check(c.init in INITIALIZERS, 'init', c.init, f'one of {tuple(INITIALIZERS)}')
   _check(c.loss in LOSSES, 'loss', c.loss, f'one of {LOSSES}')
@@ -200,5 +203,3 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   _check(c.batch_size % (k * num_devices) == 0, 'batch_size', c.batch_size,
          f'a multiple of grad_accumulation x devices ({k} x {num_devices} = {k * num_devices}):'
          ' each micro-batch splits over every device')
-  _check(k == 1 or c.state_updates == 'once', 'grad_accumulation', k,
-         "1 with state_updates='every_call' (u advances once per step under accumulation)")

@@ -14,6 +14,7 @@ import time
 import zlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
@@ -26,6 +27,7 @@ from sagan_jax.mesh import global_array
 from sagan_jax.preprocessing import preprocess
 
 KID_FEATURES = 10_000  # features kept in a reference file for KID
+BATCH = 256  # images per batch generated and scored (rounded up to a multiple of the devices)
 
 
 class Extractor:
@@ -35,23 +37,21 @@ class Extractor:
   def __init__(self, kind: str, weights: str, mesh, num_classes: int):
     self.kind, self.mesh = kind, mesh
     if kind == 'classifier':
-      model, params = classifier.Classifier(num_classes), classifier.load(weights)
-      apply = lambda p, x: model.apply({'params': p}, x)
+      params = classifier.load(weights)
     elif kind == 'inception':
       if not weights or not epath.Path(weights).exists():
         raise FileNotFoundError(
             f'no Inception weights at {weights!r}: convert pytorch-fid\'s file once with '
             'python -m sagan_jax.convert_inception and pass --inception_weights=FILE')
-      model, params = inception.InceptionV3(), inception.load_params(weights)
-      apply = lambda p, x: model.apply({'params': p}, inception.preprocess(x))
+      params = inception.load_params(weights)
     else:
       raise ValueError(f"features={kind!r}: 'inception' or 'classifier'")
-    replicated, self._split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-    self.params = jax.tree.map(lambda a: global_array(np.asarray(a), replicated), params)
-    self._apply = jax.jit(apply, in_shardings=(replicated, self._split),
-                          out_shardings=replicated)
+    self._split = NamedSharding(mesh, P('data'))
+    self.params = jax.tree.map(lambda a: global_array(np.asarray(a), NamedSharding(mesh, P())),
+                               params)
+    self._apply = feature_program(kind, mesh, num_classes)
 
-  def __call__(self, images: np.ndarray, batch_size: int = 256):
+  def __call__(self, images: np.ndarray, batch_size: int = BATCH):
     # Fewer images than a batch: a smaller batch (compiled once more), not padding.
     batch_size = max(min(batch_size, len(images)), 1)
     batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
@@ -66,12 +66,39 @@ class Extractor:
     return np.concatenate(features), np.concatenate(logits)
 
 
+def feature_program(kind: str, mesh, num_classes: int):
+  """(params, uint8 images [n, S, S, 3] split over `mesh`) -> (features, logits), under jit:
+  Inception-v3's pool features or the shipped classifier's."""
+  if kind == 'classifier':
+    model = classifier.Classifier(num_classes)
+    apply = lambda p, x: model.apply({'params': p}, x)
+  else:
+    apply = lambda p, x: inception.InceptionV3().apply({'params': p}, inception.preprocess(x))
+  return jax.jit(apply, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))),
+                 out_shardings=NamedSharding(mesh, P()))
+
+
+def feature_param_shapes(kind: str, num_classes: int, image_size: int):
+  """The params of feature_program(kind) as ShapeDtypeStructs (nothing computed)."""
+  if kind == 'inception':
+    return inception.param_shapes()
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+  return jax.eval_shape(lambda x: classifier.Classifier(num_classes).init(
+      jax.random.PRNGKey(0), x), images)['params']
+
+
+def feature_kind(config, kind: str = '') -> str:
+  """`kind`, else config.eval_features, else the classifier for an embedded dataset and
+  Inception otherwise."""
+  return kind or config.eval_features or (
+      'classifier' if config.dataset in classifier.EMBEDDED else 'inception')
+
+
 def make_extractor(config, mesh, kind: str = '', inception_weights: str = '',
                    classifier_weights: str = '') -> Extractor:
   """The extractor for `config`'s dataset: `kind` or config.eval_features, else the
   classifier for the embedded dataset and Inception otherwise."""
-  kind = kind or config.eval_features or (
-      'classifier' if config.dataset in classifier.EMBEDDED else 'inception')
+  kind = feature_kind(config, kind)
   if kind == 'inception':
     weights = inception_weights or config.inception_weights
   else:
@@ -283,7 +310,7 @@ def generate(images: sampling.ImageSampler, variables, config, num: int, batch_s
 
 
 def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, reference: dict,
-          batch_size: int = 256, class_ref: dict | None = None, classes=()) -> dict:
+          batch_size: int = BATCH, class_ref: dict | None = None, classes=()) -> dict:
   """The metrics of uint8 `images` of classes `labels` against `reference`:
   FID, IS, KID (with the classifier: a Frechet distance, a classifier score, a
   kernel distance, and the class accuracy); the within-class diversity of the
@@ -327,7 +354,7 @@ def score(images: np.ndarray, labels: np.ndarray, extractor: Extractor, referenc
 
 
 def evaluate(images: sampling.ImageSampler, variables, config, extractor: Extractor,
-             reference: dict, num: int, batch_size: int = 256, seed: int = 0,
+             reference: dict, num: int, batch_size: int = BATCH, seed: int = 0,
              class_ref: dict | None = None, classes=()) -> dict:
   """score() of `num` samples of G (`images` with `variables`), classes in
   turn, with the time taken."""

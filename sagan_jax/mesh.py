@@ -5,10 +5,18 @@ import jax
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
+  """A 1-D data-parallel mesh over `devices` (default: every device of every process).
+  Over several TPU slices (devices with a `slice_index`), each slice's devices lie
+  together, so that the gradients' all-reduce runs within each slice over its
+  interconnect and only one reduction per slice crosses the data-centre network."""
   devices = jax.devices() if devices is None else devices
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  auto = (jax.sharding.AxisType.Auto,)
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if slices > 1:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_hybrid_device_mesh((len(devices) // slices,), (slices,), devices)
+    return jax.sharding.Mesh(grid, ('data',), axis_types=auto)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=auto, devices=devices)
 
 
 def cpu_device_count(per_process_batch: int, cores: int) -> int:
@@ -52,3 +60,9 @@ def wait_for_every_process(name: str, timeout_s: int = 3600) -> None:
   if jax.process_count() > 1:
     from jax._src import distributed  # (the client; Orbax's barriers reach it the same way)
     distributed.global_state.client.wait_at_barrier(f'sagan_jax_{name}', timeout_s * 1000)
+
+
+def abstract(tree, mesh: jax.sharding.Mesh):
+  """ShapeDtypeStructs of `tree`'s leaves, replicated on `mesh`."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)

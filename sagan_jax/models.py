@@ -7,48 +7,15 @@ doubles the resolution in every block; D halves it in every block marked
 import functools
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from sagan_jax import device_policy
+from sagan_jax.architectures import ARCHITECTURES
 from sagan_jax.layers import (ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed,
                               avg_pool_2x2, upsample_2x)
 
-# image size -> (G: width at 4x4 then each block's output width,
-#                D: (output width, downsample) of each block)
-ARCHITECTURES = {
-    32: ((4, 4, 4, 4), ((4, True), (4, True), (4, False), (4, False))),
-    64: ((16, 16, 8, 4, 2), ((1, True), (2, True), (4, True), (8, True), (16, False))),
-    128: ((16, 16, 8, 4, 2, 1),
-          ((1, True), (2, True), (4, True), (8, True), (16, True), (16, False))),
-    256: ((16, 16, 8, 8, 4, 2, 1),
-          ((1, True), (2, True), (4, True), (8, True), (8, True), (16, True), (16, False))),
-}
 INITIALIZERS = {'xavier': nn.initializers.xavier_uniform(), 'orthogonal': nn.initializers.orthogonal()}
-
-
-def _block_resolutions(image_size: int):
-  """(G's, D's) {output resolution: width multiplier} of the blocks after which attention can go."""
-  g_mults, d_arch = ARCHITECTURES[image_size]
-  g = {4 * 2**i: m for i, m in enumerate(g_mults) if i > 0}
-  d, res = {}, image_size
-  for mult, down in d_arch:
-    if down:
-      res //= 2
-      d[res] = mult
-  return g, d
-
-
-def attention_resolutions(image_size: int) -> tuple[int, ...]:
-  """Resolutions where both G and D have a block output to attend over."""
-  g, d = _block_resolutions(image_size)
-  return tuple(sorted(set(g) & set(d)))
-
-
-def attention_multipliers(image_size: int, resolution: int) -> tuple[int, int]:
-  """Width multipliers of (G's, D's) attention block at `resolution`."""
-  g, d = _block_resolutions(image_size)
-  return g[resolution], d[resolution]
 
 
 class GBlock(nn.Module):
@@ -170,36 +137,11 @@ class Discriminator(_Network):
     return out + jnp.sum(embed * h, axis=-1)
 
 
-def on_nvidia_gpu() -> bool:
-  return jax.default_backend() == 'gpu' and jax.devices()[0].device_kind.startswith('NVIDIA')
-
-
-def attention_implementation(config, nvidia_gpu: bool, cpu: bool = False) -> str:
-  """The attention path for `config.attention_impl`, resolving 'auto': cuDNN
-  where its flash kernel runs on every GPU generation (an NVIDIA GPU, bf16,
-  values at most 128 wide and a multiple of 8), 'blocked' on the CPU, else XLA."""
-  if config.attention_impl != 'auto':
-    return config.attention_impl
-  if not config.attention_resolution:
-    return 'xla'
-  if cpu:
-    return 'blocked'
-  widths = attention_multipliers(config.image_size, config.attention_resolution)
-  values = [m * config.ch // (2 if config.attention == 'sagan' else 1) for m in widths]
-  fits = all(v <= 128 and v % 8 == 0 for v in values)
-  return 'cudnn' if nvidia_gpu and config.dtype == 'bfloat16' and fits else 'xla'
-
-
-def fused_resampling(config, backend: str) -> bool:
-  """Whether resampling convolutions are fused (`config.resampling`, 'auto'
-  resolved for `backend`): on the CPU, where benchmarks/ measured it."""
-  return config.resampling == 'fused' or (config.resampling == 'auto' and backend == 'cpu')
-
-
-def make_models(config) -> tuple[Generator, Discriminator]:
-  common = dict(attention_impl=attention_implementation(config, on_nvidia_gpu(),
-                                                      jax.default_backend() == 'cpu'),
-                fused_resampling=fused_resampling(config, jax.default_backend()),
+def make_models(config, platform: str = '') -> tuple[Generator, Discriminator]:
+  """G and D of `config` in the forms for `platform` (device_policy; '': this host's)."""
+  platform = platform or device_policy.platform_of()
+  common = dict(attention_impl=device_policy.attention_implementation(config, platform),
+                fused_resampling=device_policy.fused_resampling(config, platform),
                 image_size=config.image_size, num_classes=config.num_classes, ch=config.ch,
                 dtype=jnp.dtype(config.dtype), attention_resolution=config.attention_resolution,
                 attention=config.attention, initializer=config.init,

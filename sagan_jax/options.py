@@ -1,4 +1,4 @@
-"""The options of main.py's sample, interpolate, attention, eval and reference modes:
+"""The options of main.py's sample, interpolate, attention, eval, reference and compile modes:
 each named, typed, defaulted and explained once, here. main.py defines its command-line
 flags from these fields; the modes take an `Options`.
 A leaf module: flags are parsed before anything heavy is imported."""
@@ -41,13 +41,24 @@ class Options:
                                    '(default: the shipped ones, sagan_jax/assets).')
   intra_class: str = option('', "eval: also intra-class FID of these classes, '3,5,7' or "
                             "'all' (default: the config's eval_intra_class).")
-  out: str = option('', 'Output directory of a mode (default: WORKDIR/<mode>).')
+  topology: str = option('', 'compile: the Cloud TPU slice to compile for, by its sale name: '
+                         'v4-N, v5e-N (v5litepod-N), v5p-N, v6e-N, e.g. v5e-256.')
+  num_slices: int = option(1, 'compile: slices of --topology joined over the data-centre '
+                           'network (multislice).')
+  max_batch: bool = option(False, 'compile: also find, by compiling, the largest global batch '
+                           'whose train step fits each chip.')
+  compile_evaluation: bool = option(True, "compile: also the evaluation's sampler and feature "
+                                    'network (Inception: minutes of compiling).')
+  out: str = option('', 'Output directory of a mode (default: WORKDIR/<mode>; compile: no '
+                    'JSON file without --out or --workdir).')
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(Options))
 # The options of the reference mode (reference statistics of a config's dataset).
 REFERENCE = ('eval_samples', 'intra_class', 'features', 'inception_weights',
              'classifier_weights')
+# The options of the compile mode (a config's programs compiled for a TPU slice).
+COMPILE = ('topology', 'num_slices', 'max_batch', 'compile_evaluation', 'out')
 
 
 def define_flags(names=NAMES) -> None:

@@ -33,13 +33,13 @@ class ImageSampler:
   def __init__(self, generator, mesh):
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
     self.mesh = mesh
-    self._apply = jax.jit(lambda v, z, y: to_uint8_device(generator.apply(v, z, y, train=False)),
+    self.program = jax.jit(lambda v, z, y: to_uint8_device(generator.apply(v, z, y, train=False)),
                           in_shardings=(replicated, split, split), out_shardings=replicated)
 
   def __call__(self, variables, z, y) -> np.ndarray:
     n, pad = z.shape[0], -z.shape[0] % self.mesh.size
     padding = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
-    return np.asarray(self._apply(variables, padding(z), padding(y)))[:n]
+    return np.asarray(self.program(variables, padding(z), padding(y)))[:n]
 
 
 def make_grid(images: np.ndarray, rows: int) -> np.ndarray:

@@ -10,12 +10,11 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import checkpoint, evaluation, input_pipeline, logs, sampling
+from sagan_jax import checkpoint, evaluation, input_pipeline, logs, memory, sampling
 from sagan_jax.config import validate
 from sagan_jax.mesh import make_mesh, wait_for_every_process
-from sagan_jax.models import make_models
 from sagan_jax.train_state import TrainState, generator_variables
-from sagan_jax.update import Update, check_memory, device_memory_limit
+from sagan_jax.update import make_update, step_measure
 
 def shard_batch(batch, mesh):
   """Global jax.Arrays of the per-process numpy batches, split on the B axis."""
@@ -73,11 +72,10 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   mesh = make_mesh()
   data = input_pipeline.create_train_iterator(config, mesh)  # a missing dataset fails here
   wait_for_every_process('data')  # before the first collective (Orbax's), however long it took
-  generator, discriminator = make_models(config)
-  update = Update(config, generator, discriminator, mesh)
+  update = make_update(config, mesh)
   manager = checkpoint.make_manager(workdir, config)
   best = checkpoint.make_manager(workdir, config, best=True) if config.eval_every_steps else None
-  image_sampler = sampling.ImageSampler(generator, mesh)  # sample grids and evaluation
+  image_sampler = sampling.ImageSampler(update.generator, mesh)  # sample grids and evaluation
   logging.info('Compiling the train step and the samplers (a restart with the same config '
                'loads them from the compilation cache).')
   try:
@@ -85,11 +83,12 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     # this one restores or initialises the state and draws the step-0 grids, compiling
     # their programs too: on 2 CPU cores the quickstart reaches its memory check in 36 s, not 50.
     with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-      compiling = compiler.submit(update.compile_for, checkpoint.abstract(update.shapes(), mesh))
+      compiling = compiler.submit(update.compiled_and_memory)
       loop = Loop(workdir, data, update, image_sampler, manager, best)
-      train_step = compiling.result()
+      train_step, step_memory = compiling.result()
     # Before the evaluator's reference statistics, the expensive part of the set-up.
-    check_memory(train_step, config, device_memory_limit())
+    memory.check(step_memory, config, jax.device_count(), memory.device_memory_limit(),
+                 step_measure(mesh))
     evaluator = (evaluation.Evaluator(config, mesh, workdir, image_sampler)
                  if config.eval_every_steps else None)
     return loop.run(train_step, evaluator)
@@ -141,9 +140,9 @@ class Loop:
     self.workdir, self.data, self.images = workdir, data, image_sampler
     self.manager, self.best = manager, best
     self.state = checkpoint.restore_for_training(
-        manager, config, checkpoint.abstract(update.shapes(), mesh), data)
+        manager, config, update.state_shapes(), data)
     if self.state is None:
-      self.state = update.init(config.seed)
+      self.state = update.initial_state(config.seed)
     else:
       logging.info('Resumed from the checkpoint of step %d in %s.', int(self.state.step),
                    checkpoint.checkpoint_dir(workdir))

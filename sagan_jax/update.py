@@ -1,20 +1,31 @@
-"""The compiled SAGAN update (num_d_steps D steps, then one G step; TTUR) and the
-memory it needs on a device. TensorFlow-free: benchmarks/accelerator_check.py runs it
-on machines without TensorFlow or TFDS."""
-import functools
+"""The SAGAN update: num_d_steps D steps, then one G step, two Adam learning rates (TTUR).
 
+The GAN maths are the functions `train_step`, `d_step` and `g_step` (each with its loss and
+its gradient accumulation); `Update` holds what they run with (config, networks, mesh,
+optimisers), makes the state and compiles the step. TensorFlow-free:
+benchmarks/accelerator_check.py runs it on machines without TensorFlow or TFDS.
+
+When the state of spectral norm (u) and G's batch-norm averages move, `config.state_updates`:
+- 'once' (the authors' code): D's u once per D step, before it; G's u once per G step,
+  before it; real and fake through D in one call; G's BN averages in the G step.
+- 'every_call' (StudioGAN's PyTorch modules): u moves at every training-mode forward of its
+  network (D on the reals, then on the fakes, then in the G step; G in the D step and in
+  the G step); G's BN averages move only in the G step (StudioGAN stops their tracking
+  for the D step).
+"""
 import jax
 import jax.numpy as jnp
 import optax
-from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sagan_jax import sampling
-from sagan_jax.config import ConfigError
+from sagan_jax import memory, sampling
 from sagan_jax.layers import advance_spectral, spectral_sigmas
 from sagan_jax.losses import discriminator_loss, generator_loss
+from sagan_jax.mesh import abstract
+from sagan_jax.models import make_models
 from sagan_jax.train_state import TrainState, generator_variables
+
 
 def attention_gammas(state: TrainState) -> dict[str, jax.Array]:
   """{'gamma/G/attention': gamma, ...} for every attention block of G and D."""
@@ -46,15 +57,112 @@ def finite_and_norm(loss, grads) -> tuple[jax.Array, jax.Array]:
   return jnp.isfinite(loss) & jnp.isfinite(norm), norm
 
 
-class Update:
-  """The SAGAN update of a config on a mesh: (state, batch) -> (state, metrics),
-  num_d_steps D steps then one G step. It owns the two Adam optimisers (TTUR), built
-  here and nowhere else, so the state it initialises and the steps it takes agree.
+# The GAN maths
 
-  A step whose losses or gradients are not all finite changes nothing but the
-  step and the counters `skipped` and `streak`; once `streak` reaches
-  config.max_nonfinite_steps every later step is skipped too (the loop stops
-  the run when it sees that)."""
+def train_step(up: 'Update', state: TrainState, batch) -> tuple[TrainState, dict]:
+  """num_d_steps D steps (each on its real batch [num_d_steps, B, ...]), then one G step.
+  A step whose losses or gradients are not all finite changes nothing but the step and
+  the counters `skipped` and `streak`; once `streak` reaches config.max_nonfinite_steps
+  every later step is skipped too (the training loop stops the run when it sees that)."""
+  c = up.config
+  keys = jax.random.split(jax.random.fold_in(state.rng, state.step), c.num_d_steps + 1)
+  new, finite = state, []
+  for i in range(c.num_d_steps):
+    new, d_metrics = d_step(up, new, batch['image'][i], batch['label'][i], keys[i])
+    finite.append(d_metrics.pop('finite'))
+  new, g_metrics = g_step(up, new, keys[-1])
+  finite.append(g_metrics.pop('finite'))
+  # Our own guard rather than optax.apply_if_finite: spectral, BN and EMA state must be
+  # held back too, not only the parameters. lax.cond picks whole buffers (a jnp.where
+  # per leaf is a pass over every one of them).
+  ok = jnp.all(jnp.stack(finite)) & (state.streak < c.max_nonfinite_steps)
+  new = jax.lax.cond(ok, lambda: new, lambda: state)
+  new = new.replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32),
+                    streak=jnp.where(ok, 0, state.streak + 1))
+  return new, {**d_metrics, **g_metrics, **attention_gammas(new), **sigma_summary(new),
+               'skipped_steps': new.skipped}
+
+
+def d_step(up: 'Update', state: TrainState, images, labels, key) -> tuple[TrainState, dict]:
+  """One D update: hinge loss (config.loss) on uint8 reals and fakes of fresh latents."""
+  z, y_fake = up.latents(key, images.shape[0])
+  grads, loss, spectral, means = d_gradients(up, state, images, labels, z, y_fake)
+  updates, opt_state = up.d_tx.update(grads, state.d_opt_state, state.d_params)
+  state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
+                        d_opt_state=opt_state, d_spectral=spectral[0], g_spectral=spectral[1])
+  finite, norm = finite_and_norm(loss, grads)
+  return state, {'d_loss': loss, **means, 'd_grad_norm': norm, 'finite': finite}
+
+
+def d_gradients(up: 'Update', state: TrainState, images, labels, z, y_fake):
+  """D's loss and its gradient (the mean over config.grad_accumulation micro-batches).
+  -> (grads, loss, (D's u, G's u), {'d_real', 'd_fake'} means)."""
+  every_call = up.config.state_updates == 'every_call'
+  d_spectral = state.d_spectral if every_call else up.advance_u(state.d_params, state.d_spectral)
+
+  def loss_fn(d_params, spectral, micro):
+    images, labels, z, y_fake = micro
+    d_spectral, g_spectral = spectral
+    # G in training mode (batch statistics); its BN averages stay as they are.
+    fake, g_new = up.generate(state.replace(g_spectral=g_spectral), state.g_params, z, y_fake,
+                              mutable=['batch_stats', 'spectral'] if every_call else ['batch_stats'])
+    real = images.astype(jnp.float32) / 127.5 - 1.0
+    d_real, d_fake, d_spectral = up.discriminate(d_params, d_spectral, real, labels,
+                                                 jax.lax.stop_gradient(fake), y_fake)
+    loss = discriminator_loss(up.config.loss, d_real, d_fake)
+    return loss, ((d_spectral, g_new.get('spectral', g_spectral)),
+                  {'d_real': d_real.mean(), 'd_fake': d_fake.mean()})
+
+  return up.accumulate(loss_fn, state.d_params, (d_spectral, state.g_spectral),
+                       (images, labels, z, y_fake))
+
+
+def g_step(up: 'Update', state: TrainState, key) -> tuple[TrainState, dict]:
+  """One G update through D (held fixed): the generator's side of config.loss; then the
+  EMA of G's weights (a copy of them before config.ema_start_step)."""
+  c = up.config
+  z, y = up.latents(key, c.batch_size)
+  grads, loss, (g_spectral, d_spectral), means = g_gradients(up, state, z, y)
+  updates, opt_state = up.g_tx.update(grads, state.g_opt_state, state.g_params)
+  params = optax.apply_updates(state.g_params, updates)
+  # ema <- decay * ema + (1 - decay) * params from ema_start_step on, a copy before
+  # (weights 0 and 1: one pass over the parameters, not an average and a select).
+  use_ema = state.step >= c.ema_start_step
+  old_w, new_w = jnp.where(use_ema, c.ema_decay, 0.0), jnp.where(use_ema, 1.0 - c.ema_decay, 1.0)
+  ema = jax.tree.map(lambda e, p: old_w * e + new_w * p, state.ema_params, params)
+  state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
+                        g_batch_stats=means['batch_stats'], g_spectral=g_spectral,
+                        d_spectral=d_spectral)
+  finite, norm = finite_and_norm(loss, grads)
+  return state, {'g_loss': loss, 'g_grad_norm': norm, 'finite': finite}
+
+
+def g_gradients(up: 'Update', state: TrainState, z, y):
+  """G's loss and its gradient (the mean over config.grad_accumulation micro-batches,
+  each normalised by its own batch statistics; the BN averages move once, by the mean of
+  theirs). -> (grads, loss, (G's u, D's u), {'batch_stats': the new BN averages})."""
+  every_call = up.config.state_updates == 'every_call'
+  g_spectral = state.g_spectral if every_call else up.advance_u(state.g_params, state.g_spectral)
+
+  def loss_fn(g_params, spectral, micro):
+    z, y = micro
+    g_spectral, d_spectral = spectral
+    fake, new = up.generate(state.replace(g_spectral=g_spectral), g_params, z, y,
+                            mutable=['batch_stats', 'spectral'] if every_call else ['batch_stats'])
+    d_fake, d_new = up.discriminator.apply(
+        {'params': state.d_params, 'spectral': d_spectral}, fake, y,
+        mutable=['spectral'] if every_call else [])
+    return generator_loss(up.config.loss, d_fake), (
+        (new.get('spectral', g_spectral), d_new.get('spectral', d_spectral)),
+        {'batch_stats': new['batch_stats']})
+
+  return up.accumulate(loss_fn, state.g_params, (g_spectral, state.d_spectral), (z, y))
+
+
+class Update:
+  """What the update runs with: a config, G and D, the mesh, and the two Adam optimisers
+  (TTUR), built here and nowhere else, so the state it initialises and the steps it takes
+  agree. Calling it is `train_step`; it also makes the state and compiles the step."""
 
   def __init__(self, config, generator, discriminator, mesh):
     self.config, self.generator, self.discriminator, self.mesh = (config, generator,
@@ -62,7 +170,7 @@ class Update:
     adam = lambda lr: optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
     self.g_tx, self.d_tx = adam(config.g_lr), adam(config.d_lr)
 
-  def new_state(self, rng) -> TrainState:
+  def _new_state(self, rng) -> TrainState:
     c = self.config
     rng, g_key, d_key = jax.random.split(rng, 3)
     y = jnp.zeros((1,), jnp.int32)
@@ -78,55 +186,58 @@ class Update:
         d_opt_state=self.d_tx.init(d_vars['params']),
         skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
 
-  @functools.cached_property
-  def _init(self):
-    return jax.jit(self.new_state, out_shardings=NamedSharding(self.mesh, P()))
-
-  def init(self, seed: int) -> TrainState:
+  def initial_state(self, seed: int) -> TrainState:
     """The initial state, created directly replicated on the mesh (compiled once)."""
-    return self._init(jax.random.PRNGKey(seed))
+    init = jax.jit(self._new_state, out_shardings=NamedSharding(self.mesh, P()))
+    return init(jax.random.PRNGKey(seed))
 
-  def shapes(self) -> TrainState:
-    """The state's shapes and dtypes, without computing it (for a restore)."""
-    return jax.eval_shape(self.new_state, jax.random.PRNGKey(0))
+  def state_shapes(self) -> TrainState:
+    """The state as ShapeDtypeStructs replicated on the mesh, computing nothing (for a
+    restore, and to compile the step ahead of time)."""
+    return abstract(jax.eval_shape(self._new_state, jax.random.PRNGKey(0)), self.mesh)
 
-  def compile(self):
-    """jit over the mesh: state replicated and donated, batch split on its B axis."""
+  def batch_shapes(self) -> dict:
+    """The batch as ShapeDtypeStructs: uint8 images and int32 labels [num_d_steps, B, ...],
+    split on the B axis."""
+    c, batch = self.config, NamedSharding(self.mesh, P(None, 'data'))
+    shape = lambda *s, dtype: jax.ShapeDtypeStruct((c.num_d_steps, c.batch_size) + s, dtype,
+                                                   sharding=batch)
+    return {'image': shape(c.image_size, c.image_size, 3, dtype=jnp.uint8),
+            'label': shape(dtype=jnp.int32)}
+
+  def __call__(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    return train_step(self, state, batch)
+
+  def jitted(self):
+    """The update under jit over the mesh: state replicated and donated, batch split on
+    its B axis (compiled at its first call)."""
     replicated = NamedSharding(self.mesh, P())
     batch = NamedSharding(self.mesh, P(None, 'data'))  # [num_d_steps, B, ...]
     return jax.jit(self, in_shardings=(replicated, batch), out_shardings=(replicated, replicated),
                    donate_argnums=0)
 
-  def compile_for(self, state):
-    """The step compiled ahead of time for `state` and the config's batch: an
-    executable whose memory_analysis() can be read before it runs."""
-    c, batch = self.config, NamedSharding(self.mesh, P(None, 'data'))
-    shape = lambda *s, dtype: jax.ShapeDtypeStruct((c.num_d_steps, c.batch_size) + s, dtype,
-                                                   sharding=batch)
-    return self.compile().lower(state, {
-        'image': shape(c.image_size, c.image_size, 3, dtype=jnp.uint8),
-        'label': shape(dtype=jnp.int32)}).compile()
+  def compiled(self):
+    """The update compiled ahead of time for the mesh's devices (which need not be this
+    host's: a TPU slice's compile-only devices compile it for that slice): an executable
+    whose memory_analysis() and cost_analysis() can be read before it runs."""
+    return self.jitted().lower(self.state_shapes(), self.batch_shapes()).compile()
 
+  def compiled_and_memory(self):
+    """(the compiled step, its memory.Memory per device); where the compiler itself
+    refuses the step for want of memory (a TPU's does), (None, what its error says the
+    step needs)."""
+    try:
+      compiled = self.compiled()
+      return compiled, memory.of(compiled)
+    except jax.errors.JaxRuntimeError as e:
+      nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+      arguments = nbytes(self.state_shapes()) + nbytes(self.batch_shapes()) // self.mesh.size
+      needed = memory.from_error(e, arguments)
+      if needed is None:
+        raise
+      return None, needed
 
-  def __call__(self, state: TrainState, batch):
-    c = self.config
-    keys = jax.random.split(jax.random.fold_in(state.rng, state.step), c.num_d_steps + 1)
-    new, finite = state, []
-    for i in range(c.num_d_steps):
-      new, d_metrics = self.d_step(new, batch['image'][i], batch['label'][i], keys[i])
-      finite.append(d_metrics.pop('finite'))
-    new, g_metrics = self.g_step(new, keys[-1])
-    finite.append(g_metrics.pop('finite'))
-    # Our own guard rather than optax.apply_if_finite: spectral, BN and EMA
-    # state must be held back too, not just the parameters. lax.cond picks
-    # whole buffers; a jnp.where per leaf cost 8% of the quickstart CPU step.
-    ok = jnp.all(jnp.stack(finite)) & (state.streak < c.max_nonfinite_steps)
-    new = jax.lax.cond(ok, lambda: new, lambda: state)
-    new = new.replace(step=state.step + 1, skipped=state.skipped + (~ok).astype(jnp.int32),
-                      streak=jnp.where(ok, 0, state.streak + 1))
-    metrics = {**d_metrics, **g_metrics, **attention_gammas(new), **sigma_summary(new),
-               'skipped_steps': new.skipped}
-    return new, metrics
+  # What the steps share
 
   def latents(self, key, batch_size):
     z_key, y_key = jax.random.split(key)
@@ -141,146 +252,51 @@ class Update:
     return sampling.generator_forward(self.config, self.generator, self.mesh, variables, z, y,
                                       mutable=mutable)
 
-  def d_step(self, state, images, labels, key):
-    """One D update on a real and a fresh fake batch; D's u advances once (with
-    config.state_updates='every_call': twice, and G's u and BN averages once). With
-    config.grad_accumulation = K > 1, the gradient is the mean of K micro-batches'."""
-    c = self.config
-    z, y_fake = self.latents(key, images.shape[0])
-    if c.grad_accumulation > 1:
-      return self.d_step_accumulated(state, images, labels, z, y_fake)
-    every_call = c.state_updates == 'every_call'
-    # G uses batch statistics; it updates neither its BN averages nor its u here, unless
-    # every call does.
-    fake, g_new = self.generate(state, state.g_params, z, y_fake,
-                                mutable=['batch_stats', 'spectral'] if every_call else
-                                ['batch_stats'])
-    if every_call:
-      state = state.replace(g_batch_stats=g_new['batch_stats'], g_spectral=g_new['spectral'])
-    loss_fn = lambda d_params: self.d_loss(d_params, state.d_spectral, images, labels, fake,
-                                           y_fake, advance=True)
-    (loss, (spectral, d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.d_params)
-    return self.apply_d(state, grads, spectral, loss, d_real.mean(), d_fake.mean())
-
-  def d_loss(self, d_params, d_spectral, images, labels, fake, y_fake, advance: bool):
-    """D's loss on uint8 reals and a (fixed) fake batch -> (loss, (spectral, d_real,
-    d_fake)); with `advance`, the u of `d_spectral` advances (once, or per call with
-    config.state_updates='every_call'), else it is used as it is."""
-    real, fake = images.astype(jnp.float32) / 127.5 - 1.0, jax.lax.stop_gradient(fake)
-    d = lambda spectral, x, y: self.discriminator.apply(
-        {'params': d_params, 'spectral': spectral}, x, y, mutable=['spectral'] if advance else [])
-    if advance and self.config.state_updates == 'every_call':  # two calls, u moving at each
-      d_real, new = d(d_spectral, real, labels)
-      d_fake, new = d(new['spectral'], fake, y_fake)
-    else:
-      # Real and fake in one D call, interleaved per example ([B, 2] -> [2B]) so
-      # that each device keeps its own examples: no cross-device shuffle.
-      x = jnp.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])
-      y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
-      logits, new = d(d_spectral, x, y)
-      d_real, d_fake = logits.reshape(-1, 2).T
-    return (discriminator_loss(self.config.loss, d_real, d_fake),
-            (new.get('spectral', d_spectral), d_real, d_fake))
-
-  def d_step_accumulated(self, state, images, labels, z, y_fake):
-    grads, spectral, (loss, d_real, d_fake) = self.d_gradients(state, images, labels, z, y_fake)
-    return self.apply_d(state, grads, spectral, loss, d_real, d_fake)
-
-  def d_gradients(self, state, images, labels, z, y_fake):
-    """D's mean gradient over config.grad_accumulation micro-batches, one at a time
-    (lax.scan), each with fakes generated in it; D's u advances once, first.
-    -> (grads, spectral, (loss, d_real, d_fake) means)."""
-    d_spectral = self.advance_u(state.d_params, state.d_spectral)
-
-    def one(total, batch):
-      images, labels, z, y_fake = batch
-      fake, _ = self.generate(state, state.g_params, z, y_fake, mutable=['batch_stats'])
-      (loss, (_, d_real, d_fake)), grads = jax.value_and_grad(self.d_loss, has_aux=True)(
-          state.d_params, d_spectral, images, labels, fake, y_fake, advance=False)
-      return jax.tree.map(jnp.add, total, (grads, (loss, d_real.mean(), d_fake.mean()))), None
-
-    zeros = jax.tree.map(jnp.zeros_like, (state.d_params, (0.0, 0.0, 0.0)))
-    total, _ = jax.lax.scan(one, zeros, self.micro_batches((images, labels, z, y_fake)))
-    grads, means = jax.tree.map(lambda x: x / self.config.grad_accumulation, total)
-    return grads, d_spectral, means
-
-  def apply_d(self, state, grads, spectral, loss, d_real, d_fake):
-    updates, opt_state = self.d_tx.update(grads, state.d_opt_state, state.d_params)
-    state = state.replace(d_params=optax.apply_updates(state.d_params, updates),
-                          d_opt_state=opt_state, d_spectral=spectral)
-    finite, norm = finite_and_norm(loss, grads)
-    return state, {'d_loss': loss, 'd_real': d_real, 'd_fake': d_fake, 'd_grad_norm': norm,
-                   'finite': finite}
-
-  def g_step(self, state, key):
-    """One G update through the (fixed) D; G's u and BN averages advance once (with
-    config.state_updates='every_call', D's u too). With config.grad_accumulation =
-    K > 1, the mean gradient of K micro-batches, each normalised by its own BN
-    statistics; the BN averages move by the mean of theirs."""
-    c = self.config
-    z, y = self.latents(key, c.batch_size)
-    if c.grad_accumulation > 1:
-      return self.g_step_accumulated(state, z, y)
-    d_mutable = ['spectral'] if c.state_updates == 'every_call' else []
-
-    def loss_fn(g_params):
-      fake, new = self.generate(state, g_params, z, y, mutable=['batch_stats', 'spectral'])
-      d_fake, d_new = self.discriminator.apply(
-          {'params': state.d_params, 'spectral': state.d_spectral}, fake, y, mutable=d_mutable)
-      return generator_loss(c.loss, d_fake), (new, d_new.get('spectral', state.d_spectral))
-
-    (loss, (new, d_spectral)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-    return self.apply_g(state.replace(d_spectral=d_spectral), grads, new['batch_stats'],
-                        new['spectral'], loss)
-
-  def g_step_accumulated(self, state, z, y):
-    grads, batch_stats, g_spectral, loss = self.g_gradients(state, z, y)
-    return self.apply_g(state, grads, batch_stats, g_spectral, loss)
-
-  def g_gradients(self, state, z, y):
-    """G's mean gradient over config.grad_accumulation micro-batches, each normalised
-    by its own BN statistics; G's u advances once, first.
-    -> (grads, BN averages, spectral, loss)."""
-    c = self.config
-    g_spectral = self.advance_u(state.g_params, state.g_spectral)
-    with_u = state.replace(g_spectral=g_spectral)
-    d_variables = {'params': state.d_params, 'spectral': state.d_spectral}
-
-    def one(total, latents):
-      z, y = latents
-
-      def loss_fn(g_params):
-        # Each micro-batch's new BN averages start from the same ones, so their mean is
-        # the averages moved once by the mean of the micro-batches' statistics.
-        fake, new = self.generate(with_u, g_params, z, y, mutable=['batch_stats'])
-        return generator_loss(c.loss, self.discriminator.apply(d_variables, fake, y)), new
-
-      (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-      return jax.tree.map(jnp.add, total, (grads, new['batch_stats'], loss)), None
-
-    zeros = jax.tree.map(jnp.zeros_like, (state.g_params, state.g_batch_stats, 0.0))
-    total, _ = jax.lax.scan(one, zeros, self.micro_batches((z, y)))
-    grads, batch_stats, loss = jax.tree.map(lambda x: x / c.grad_accumulation, total)
-    return grads, batch_stats, g_spectral, loss
-
-  def apply_g(self, state, grads, batch_stats, g_spectral, loss):
-    c = self.config
-    updates, opt_state = self.g_tx.update(grads, state.g_opt_state, state.g_params)
-    params = optax.apply_updates(state.g_params, updates)
-    # ema <- decay * ema + (1 - decay) * params from ema_start_step on, a copy before
-    # (weights 0 and 1: one pass over the parameters, not an average and a select).
-    use_ema = state.step >= c.ema_start_step
-    old_w, new_w = jnp.where(use_ema, c.ema_decay, 0.0), jnp.where(use_ema, 1.0 - c.ema_decay, 1.0)
-    ema = jax.tree.map(lambda e, p: old_w * e + new_w * p, state.ema_params, params)
-    state = state.replace(g_params=params, g_opt_state=opt_state, ema_params=ema,
-                          g_batch_stats=batch_stats, g_spectral=g_spectral)
-    finite, norm = finite_and_norm(loss, grads)
-    return state, {'g_loss': loss, 'g_grad_norm': norm, 'finite': finite}
+  def discriminate(self, d_params, d_spectral, real, labels, fake, y_fake):
+    """D's logits on reals and fakes [B] and its u after: with 'every_call', two calls, u
+    moving at each; else one call on both, interleaved per example ([B, 2] -> [2B], so
+    that each device keeps its own examples), u as it is."""
+    d = lambda spectral, x, y, mutable: self.discriminator.apply(
+        {'params': d_params, 'spectral': spectral}, x, y, mutable=mutable)
+    if self.config.state_updates == 'every_call':
+      d_real, new = d(d_spectral, real, labels, ['spectral'])
+      d_fake, new = d(new['spectral'], fake, y_fake, ['spectral'])
+      return d_real, d_fake, new['spectral']
+    x = jnp.stack([real, fake], axis=1).reshape(-1, *real.shape[1:])
+    y = jnp.stack([labels, y_fake], axis=1).reshape(-1)
+    d_real, d_fake = d(d_spectral, x, y, [])[0].reshape(-1, 2).T
+    return d_real, d_fake, d_spectral
 
   def advance_u(self, params, spectral):
+    """Every u of a network after config.sn_power_iterations power iterations."""
     return advance_spectral(params, spectral, self.config.sn_power_iterations,
                             self.config.sn_eps)
+
+  def accumulate(self, loss_fn, params, carry, batch):
+    """The gradient of loss_fn(params, carry, micro-batch) -> (loss, (carry, outputs)):
+    the mean over K = config.grad_accumulation micro-batches of `batch` (leaves [B, ...]),
+    taken one at a time (lax.scan); `carry` (the spectral state) goes from one to the
+    next; the loss and the outputs are averaged. K = 1 is the same loop run once.
+    -> (grads, loss, carry, outputs)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    k = self.config.grad_accumulation
+    if k == 1:
+      (loss, (carry, outputs)), grads = grad_fn(params, carry, batch)
+      return grads, loss, carry, outputs
+
+    def add_micro_batch(totals, micro):
+      carry, sums = totals
+      (loss, (carry, outputs)), grads = grad_fn(params, carry, micro)
+      return (carry, jax.tree.map(jnp.add, sums, (grads, loss, outputs))), None
+
+    micro = self.micro_batches(batch)
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(grad_fn, params, carry, first)  # ((loss, (carry, outputs)), grads)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         (shapes[1], shapes[0][0], shapes[0][1][1]))
+    (carry, sums), _ = jax.lax.scan(add_micro_batch, (carry, zeros), micro)
+    grads, loss, outputs = jax.tree.map(lambda x: x / k, sums)
+    return grads, loss, carry, outputs
 
   def micro_batches(self, tree):
     """Leaves [B, ...] -> [K, B/K, ...], K = config.grad_accumulation: micro-batch j holds
@@ -292,54 +308,13 @@ class Update:
                                             NamedSharding(self.mesh, P(None, 'data')))
 
 
-# Memory
-
-def step_memory(compiled) -> dict[str, int]:
-  """Bytes per device of a compiled step (XLA's memory_analysis): 'arguments' (the
-  state and the batch), 'temporaries' (activations and gradients), 'peak' (arguments
-  + outputs + temporaries - what the outputs reuse of donated arguments)."""
-  m = compiled.memory_analysis()
-  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes + m.generated_code_size_in_bytes)
-  return {'arguments': m.argument_size_in_bytes, 'temporaries': m.temp_size_in_bytes,
-          'peak': peak}
+def make_update(config, mesh, platform: str = '') -> Update:
+  """The update of `config` over `mesh`, with the networks' forms for `platform`
+  (device_policy; '': this host's). Training and the compile mode both build it here."""
+  return Update(config, *make_models(config, platform), mesh)
 
 
-def device_memory_limit() -> int | None:
-  """What one local device can hold (bytes), where the backend says (GPU, TPU)."""
-  stats = jax.local_devices()[0].memory_stats()
-  return stats.get('bytes_limit') if stats else None
-
-
-class MemoryFitError(ConfigError):
-  """The compiled step needs more memory than the device has."""
-
-
-def check_memory(compiled, config, limit: int | None) -> dict[str, int]:
-  """Logs the step's memory per device; raises MemoryFitError, naming what would fit,
-  when it exceeds `limit` (None: unknown, as on the CPU: the estimate is only logged)."""
-  memory = step_memory(compiled)
-  gib = lambda b: f'{b / 2**30:.2f} GiB' if b >= 2**30 else f'{b / 2**20:.1f} MiB'
-  logging.info('The train step needs %s per device (XLA\'s estimate: %s of state and batch, %s '
-               'of activations and gradients)%s.', gib(memory['peak']), gib(memory['arguments']),
-               gib(memory['temporaries']),
-               f'; the device has {gib(limit)}' if limit else '; the device gives no limit')
-  if limit is None or memory['peak'] <= limit:
-    return memory
-  # Activations scale with the micro-batch: the smallest K whose share of them fits.
-  fixed, per_batch, k = memory['peak'] - memory['temporaries'], memory['temporaries'], None
-  devices, steps = jax.device_count(), config.grad_accumulation
-  while k is None and steps * 2 <= config.batch_size // devices:
-    steps *= 2
-    if config.batch_size % (steps * devices) == 0 and (
-        fixed + per_batch * config.grad_accumulation / steps <= limit):
-      k = steps
-  estimate = lambda k: gib(fixed + per_batch * config.grad_accumulation / k)
-  fits = [f'--config.grad_accumulation={k} (about {estimate(k)})' if k else None,
-          None if config.remat else '--config.remat=True',
-          None if config.dtype == 'bfloat16' else '--config.dtype=bfloat16',
-          'a smaller --config.batch_size']
-  raise MemoryFitError(
-      f'the train step needs {gib(memory["peak"])} per device at batch_size='
-      f'{config.batch_size} and the device has {gib(limit)}: try '
-      f'{", ".join(f for f in fits if f)}; nothing was trained')
+def step_measure(mesh, platform: str = ''):
+  """config -> memory.Memory of its train step compiled for `mesh` (memory.check's and
+  memory.largest_batch's `measure`)."""
+  return lambda config: make_update(config, mesh, platform).compiled_and_memory()[1]

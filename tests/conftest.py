@@ -10,6 +10,10 @@ _flags = os.environ.get('XLA_FLAGS', '').split()
 os.environ['XLA_FLAGS'] = ' '.join(_flags + [f for f in ('--xla_force_host_platform_device_count=8',
                                                        *TEST_XLA_FLAGS) if f not in _flags])
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The CPU only: with libtpu installed (requirements-tpu.txt, for the compile tests), JAX
+# would also try to start a TPU here and warn that there is none. The compile tests build
+# their TPU devices from the compiler, which needs no TPU backend.
+os.environ['JAX_PLATFORMS'] = 'cpu'
 # One compilation cache for the session, inherited by the processes tests start:
 # a program compiled by one test (or process) is loaded, not compiled, by the next.
 # pytest-xdist's workers inherit the directory of the process that started them.
@@ -38,10 +42,10 @@ class Tiny:
     self.mesh = train.make_mesh()
     self.generator, self.discriminator = make_models(self.config)
     self.update = Update(self.config, self.generator, self.discriminator, self.mesh)
-    self.train_step = self.update.compile()
+    self.train_step = self.update.jitted()
 
   def new_state(self, seed=0):
-    return self.update.init(seed)
+    return self.update.initial_state(seed)
 
   def batch(self, seed=0):
     """A random uint8 batch [num_d_steps, B, 32, 32, 3] on the mesh."""

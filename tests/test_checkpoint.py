@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sagan_jax import checkpoint, input_pipeline, sampling, train, train_state
+from sagan_jax import checkpoint, input_pipeline, memory, sampling, train, train_state
 from sagan_jax.models import make_models
 from sagan_jax.update import Update
 from processes import single_device_env
@@ -267,8 +267,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tfds_dir, tmp_path
   monkeypatch.setattr(input_pipeline, 'create_train_iterator',
                       lambda config, mesh: NaNBatches(real(config, mesh), bad={1, 3, 4, 5}))
   # Float batches (uint8 holds no NaN): the step as jit, not compiled ahead for uint8 ones.
-  monkeypatch.setattr(Update, 'compile_for', lambda self, state: self.compile())
-  monkeypatch.setattr(train, 'check_memory', lambda *args: {})
+  monkeypatch.setattr(Update, 'compiled_and_memory', lambda self: (self.jitted(), memory.Memory()))
   config = shapes_config(tfds_dir, num_train_steps=10, checkpoint_every_steps=1,
                          max_nonfinite_steps=3)
   with pytest.raises(train.NonFiniteError, match=r'steps 4 to 6 had non-finite .* before step 4'):

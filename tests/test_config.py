@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from sagan_jax.config import ConfigError, validate
-from sagan_jax.models import attention_implementation, fused_resampling
+from sagan_jax.device_policy import attention_implementation, fused_resampling
 from tiny_config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,17 +82,17 @@ def test_main_rejects_bad_config_in_one_line_before_compiling(tmp_path, override
 
 def test_auto_attention_picks_cudnn_only_where_it_runs_and_blocks_on_the_cpu():
   c = load_config('imagenet128')
-  assert attention_implementation(c, nvidia_gpu=True) == 'xla'  # float32
+  assert attention_implementation(c, 'nvidia_gpu') == 'xla'  # float32
   c.dtype = 'bfloat16'
-  assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'  # values 64 (G), 32 (D) wide
-  assert attention_implementation(c, nvidia_gpu=False) == 'xla'
-  assert attention_implementation(c, nvidia_gpu=False, cpu=True) == 'blocked'
+  assert attention_implementation(c, 'nvidia_gpu') == 'cudnn'  # values 64 (G), 32 (D) wide
+  assert attention_implementation(c, 'tpu') == 'xla'
+  assert attention_implementation(c, 'cpu') == 'blocked'
   c.ch = 256  # G's values 512 wide: too wide for cuDNN before Hopper
-  assert attention_implementation(c, nvidia_gpu=True) == 'xla'
+  assert attention_implementation(c, 'nvidia_gpu') == 'xla'
   c.ch = 60  # values 120 and 60 wide: not multiples of 8
-  assert attention_implementation(c, nvidia_gpu=True) == 'xla'
+  assert attention_implementation(c, 'nvidia_gpu') == 'xla'
   c.ch, c.attention = 64, 'simple'  # values C = 128 and 64 wide: fit
-  assert attention_implementation(c, nvidia_gpu=True) == 'cudnn'
+  assert attention_implementation(c, 'nvidia_gpu') == 'cudnn'
 
 
 def test_auto_resampling_is_fused_only_on_the_cpu():

@@ -17,7 +17,7 @@ def _run(config, mesh, generator, discriminator, batches, initial):
   """Trains from `initial` (a state on the host: runs to compare start from the same
   one, compiled once) on `batches`: (the state on the host, the metrics per step)."""
   update = Update(config, generator, discriminator, mesh)
-  state, step = jax.device_put(initial, NamedSharding(mesh, P())), update.compile()
+  state, step = jax.device_put(initial, NamedSharding(mesh, P())), update.jitted()
   history = []
   for batch in batches:
     state, metrics = step(state, train.shard_batch(batch, mesh))
@@ -114,7 +114,7 @@ def test_per_device_batch_norm_uses_each_devices_statistics(tiny):
   global_images, _ = alone(variables, z, y)  # global statistics give other images
   assert np.abs(np.asarray(global_images) - np.asarray(images)).max() > 1e-2
   # And the whole step trains with it.
-  step = Update(config, tiny.generator, tiny.discriminator, tiny.mesh).compile()
+  step = Update(config, tiny.generator, tiny.discriminator, tiny.mesh).jitted()
   _, metrics = step(state, tiny.batch())
   assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
 

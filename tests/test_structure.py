@@ -64,8 +64,12 @@ def test_no_import_cycles_in_the_package():
 def test_leaf_modules_stay_leaves():
   graph = import_graph()
   for leaf in ('mesh', 'weights', 'preprocessing', 'train_state', 'options', 'cpu_kernels',
-               'losses', 'metrics', 'events', 'digits_dataset', 'shapes_dataset'):
+               'losses', 'metrics', 'events', 'digits_dataset', 'shapes_dataset',
+               'architectures', 'chips'):
     assert graph[leaf] == set(), (leaf, graph[leaf])
+  # The device policy decides from a target platform and the networks' shapes alone, so
+  # that the config's checks and the models follow a target that is not this host.
+  assert graph['device_policy'] == {'architectures'}
   assert graph['logs'] == {'events'}  # its metric writer writes TensorBoard's event files
   # The paper's layers use the CPU kernels and nothing else of the package.
   assert graph['layers'] == {'cpu_kernels'}

@@ -1,8 +1,10 @@
 """The compiled train step on the tiny config over 8 simulated devices."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sagan_jax import sampling, train, train_state
+from sagan_jax import update as update_module
 from sagan_jax.update import Update
 
 
@@ -64,7 +66,8 @@ def test_step_has_finite_losses_and_changes_both_nets(tiny):
 def test_spectral_state_advances_once_per_d_step(tiny):
   """D's u: one power iteration per D step (two here), none in the G step; G's u: one."""
   assert tiny.config.num_d_steps == 2
-  d_step, g_step = jax.jit(tiny.update.d_step), jax.jit(tiny.update.g_step)
+  d_step = jax.jit(lambda *a: update_module.d_step(tiny.update, *a))
+  g_step = jax.jit(lambda *a: update_module.g_step(tiny.update, *a))
   state, batch = tiny.new_state(), tiny.batch(1)
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 3)
   s0 = host(state)
@@ -158,15 +161,17 @@ def test_adam_is_ttur_with_beta1_zero(tiny):
     np.testing.assert_allclose(updates['w'], -lr, rtol=1e-4)  # Adam's first step: -lr * sign
 
 
-def test_every_call_advances_u_and_bn_averages_at_every_training_forward(tiny):
-  """state_updates='every_call' (PyTorch modules as StudioGAN runs them): a D step
-  runs D on the reals, then on the fakes (u advancing twice) and G once in training
-  mode (its u and BN averages advance); the G step advances G's u and D's u once."""
+def test_every_call_advances_u_at_every_training_forward_and_bn_averages_in_the_g_step(tiny):
+  """state_updates='every_call' (StudioGAN's PyTorch modules): a D step runs D on the
+  reals, then on the fakes (u advancing twice) and G once in training mode (its u
+  advances; its BN averages do not: StudioGAN stops their tracking for the D step); the G
+  step advances G's u and D's u once, and moves G's BN averages once, by its batch."""
   config = tiny.config.copy_and_resolve_references()
-  config.state_updates = 'every_call'
-  update = Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
-  d_step, g_step = jax.jit(update.d_step), jax.jit(update.g_step)
-  state, batch = update.init(0), tiny.batch(1)
+  config.update(state_updates='every_call', bn_momentum=0.5)  # a second move would show
+  update = Update(config, tiny.generator.clone(bn_momentum=0.5), tiny.discriminator, tiny.mesh)
+  d_step = jax.jit(lambda *a: update_module.d_step(update, *a))
+  g_step = jax.jit(lambda *a: update_module.g_step(update, *a))
+  state, batch = update.initial_state(0), tiny.batch(1)
   keys = jax.random.split(jax.random.fold_in(state.rng, state.step), 2)
   s0 = host(state)
   state1, _ = d_step(state, batch['image'][0], batch['label'][0], keys[0])
@@ -175,8 +180,33 @@ def test_every_call_advances_u_and_bn_averages_at_every_training_forward(tiny):
                     atol=1e-5)
   assert max_distance(s1.d_spectral, iterate_all(s0.d_spectral, s0.d_params, 1)) > 1e-2
   assert_tree_close(s1.g_spectral, iterate_all(s0.g_spectral, s0.g_params), rtol=1e-5, atol=1e-6)
-  assert max_distance(s1.g_batch_stats, s0.g_batch_stats) > 0
+  assert max_distance(s1.g_batch_stats, s0.g_batch_stats) == 0
   state2, _ = g_step(state1, keys[1])
   s2 = host(state2)
   assert_tree_close(s2.d_spectral, iterate_all(s1.d_spectral, s1.d_params), rtol=1e-4, atol=1e-5)
   assert_tree_close(s2.g_spectral, iterate_all(s1.g_spectral, s1.g_params), rtol=1e-5, atol=1e-6)
+  # The averages after the iteration are those of the G step's forward alone: G's own
+  # statistics of the G step's latents, moved into the averages once.
+  z, y = jax.jit(update.latents, static_argnums=1)(keys[1], config.batch_size)
+  _, alone = jax.jit(lambda s, z, y: update.generate(s, s.g_params, z, y,
+                                                     ['batch_stats', 'spectral']))(state1, z, y)
+  assert_tree_close(s2.g_batch_stats, host(alone['batch_stats']), rtol=1e-5, atol=1e-6)
+
+
+def test_every_call_with_accumulation_advances_u_at_every_micro_batch(tiny):
+  """With K = 2 micro-batches, D's u advances at each of their two D calls: 4 times."""
+  config = tiny.config.copy_and_resolve_references()
+  config.update(state_updates='every_call', grad_accumulation=2, batch_size=16)
+  update = Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
+  state = update.initial_state(0)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (16, 32, 32, 3), np.uint8))
+  labels = jnp.asarray(rng.integers(0, 4, (16,), np.int32))
+  new, metrics = jax.jit(lambda *a: update_module.d_step(update, *a))(
+      state, images, labels, jax.random.PRNGKey(3))
+  s0, s1 = host(state), host(new)
+  assert_tree_close(s1.d_spectral, iterate_all(s0.d_spectral, s0.d_params, 4), rtol=1e-4,
+                    atol=1e-5)
+  assert_tree_close(s1.g_spectral, iterate_all(s0.g_spectral, s0.g_params, 2), rtol=1e-4,
+                    atol=1e-5)
+  assert np.isfinite(float(metrics['d_loss']))
