@@ -50,7 +50,8 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from sagan_jax import (digits_dataset, evaluation, inception, sampling,  # noqa: E402
                        weights)
-from sagan_jax.config import ConfigError, validate  # noqa: E402
+from sagan_jax.config import ConfigError, from_file, validate  # noqa: E402
+from timing import matmul_peak, synthetic_batch, time_steps, timed  # noqa: E402
 from sagan_jax.layers import attention  # noqa: E402
 from sagan_jax.mesh import make_mesh  # noqa: E402
 from sagan_jax.device_policy import attention_implementation, platform_of  # noqa: E402
@@ -68,12 +69,7 @@ class Skip(Exception):
 
 
 def load_config(name: str, **overrides):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update(overrides)
-  return config
+  return from_file(os.path.join(ROOT, 'configs', name + '.py'), **overrides)
 
 
 class Check:
@@ -126,23 +122,6 @@ class Check:
     self.save()
 
 
-def timed(f, *args, repeats: int) -> list[float]:
-  """Seconds of each of `repeats` calls of f(*args), after one untimed call,
-  device-synchronised."""
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - start)
-  return times
-
-
-def matmul_peak(dtype, n: int) -> float:
-  """FLOP/s of an n x n matmul on the first device: the fastest of 10."""
-  a = jnp.ones((n, n), dtype)
-  return 2 * n**3 / min(timed(jax.jit(lambda x: x @ x), a, repeats=10))
-
 
 def device_part(check, record):
   device = jax.devices()[0]
@@ -191,14 +170,6 @@ def attention_part(check, record):
         float(np.median(timed(grad, *args, repeats=3 if check.args.tiny else 10))) * 1e3, 3)})
   # Agreement: the other path's bf16 error within twice XLA's own bf16 error (1e-2 at least).
   record('agree', all(errors[other][k] <= max(2 * errors['xla'][k], 1e-2) for k in errors['xla']))
-
-
-def synthetic_batch(config, mesh, seed=0):
-  rng = np.random.default_rng(seed)
-  shape = (config.num_d_steps, config.batch_size)
-  batch = {'image': rng.integers(0, 256, shape + (config.image_size,) * 2 + (3,), np.uint8),
-           'label': rng.integers(0, config.num_classes, shape, np.int32)}
-  return jax.device_put(batch, NamedSharding(mesh, P(None, 'data')))
 
 
 def step_config(check, batch_size: int, dtype: str, attention_impl: str):
@@ -271,15 +242,7 @@ def measure_step(check, config, mesh) -> dict:
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
   memory = step_memory_of.of(step).as_dict()
-  for _ in range(2):  # warm-up
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  times = []
-  for _ in range(check.sizes['steps']):
-    start = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
+  state, metrics, times = time_steps(step, state, batch, check.sizes['steps'])
   step_s = float(np.median(times))
   peak = check.results['parts']['device']['matmul_peak_tflop_s'][config.dtype] * 1e12
   stats = jax.devices()[0].memory_stats() or {}

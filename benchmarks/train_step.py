@@ -40,6 +40,7 @@ from sagan_jax.mesh import use_cpu_cores
 from sagan_jax.models import make_models
 from sagan_jax import memory
 from sagan_jax.update import Update
+from timing import matmul_peak, synthetic_batch, time_steps
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
@@ -52,19 +53,6 @@ flags.DEFINE_bool('compile_only', False, 'Only compile and report FLOPs per step
 flags.mark_flags_as_required(['config'])
 
 
-def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
-  """FLOP/s of an n x n matmul on the first device: the fastest of `repeats`."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 2 * n**3 / min(times)
-
-
 def main(argv):
   del argv
   config = FLAGS.config
@@ -74,11 +62,7 @@ def main(argv):
   generator, discriminator = make_models(config)
   update = Update(config, generator, discriminator, mesh)
   state = update.initial_state(0)
-  rng = np.random.default_rng(0)
-  shape = (config.num_d_steps, config.batch_size // jax.process_count())
-  batch = train.shard_batch(
-      {'image': rng.integers(0, 256, shape + (config.image_size,) * 2 + (3,), np.uint8),
-       'label': rng.integers(0, config.num_classes, shape, np.int32)}, mesh)
+  batch = synthetic_batch(config, mesh)
 
   start = time.perf_counter()
   step = update.jitted().lower(
@@ -86,7 +70,8 @@ def main(argv):
   compile_s = time.perf_counter() - start
   cost = step.cost_analysis()
   flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
-  estimate = {k: round(v / 2**20, 1) for k, v in memory.of(step).as_dict().items() if k != 'rejected'}
+  estimate = {k: round(v / 2**20, 1) for k, v in memory.of(step).as_dict().items()
+              if k != 'rejected'}
   settings = {k: config[k] for k in ('image_size', 'ch', 'batch_size', 'num_d_steps',
                                      'attention_resolution', 'dtype', 'grad_accumulation',
                                      'remat', 'attention_impl', 'resampling')}
@@ -99,15 +84,7 @@ def main(argv):
                           config.batch_size * config.num_d_steps), 2)}, indent=1))
     return
 
-  for _ in range(FLAGS.warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  times = []
-  for _ in range(FLAGS.steps):
-    t = time.perf_counter()
-    state, metrics = step(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t)
+  state, metrics, times = time_steps(step, state, batch, FLAGS.steps, FLAGS.warmup)
   step_s = float(np.median(times))
   if FLAGS.profile_dir:
     with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
@@ -122,7 +99,7 @@ def main(argv):
   n = 2048 if on_cpu else 8192
   peaks = {dtype: matmul_peak(jnp.dtype(dtype), n) for dtype in ('float32', 'bfloat16')}
   peak = peaks[config.dtype]  # MFU is against the peak of the dtype the step computes in
-  memory = (device.memory_stats() or {}).get('peak_bytes_in_use')
+  peak_bytes = (device.memory_stats() or {}).get('peak_bytes_in_use')
   result = {
       'date': datetime.date.today().isoformat(),
       'device': f'{jax.device_count()} x {device.device_kind}',
@@ -136,7 +113,7 @@ def main(argv):
       'achieved_tflop_s_per_device': round(flops / step_s / 1e12, 4),
       'matmul_peak_tflop_s': {k: round(v / 1e12, 4) for k, v in peaks.items()},
       'mfu': round(flops / step_s / peak, 4),
-      'peak_memory_gib': None if memory is None else round(memory / 2**30, 2),
+      'peak_memory_gib': None if peak_bytes is None else round(peak_bytes / 2**30, 2),
       'memory_estimate_mib_per_device': estimate,
   }
   if FLAGS.profile_dir:  # thread-time: instructions run concurrently on the CPU's threads

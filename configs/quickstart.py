@@ -1,16 +1,14 @@
-"""Learns 4,000 real MNIST digits (the embedded `sagan_digits`, no download) in under
-10 minutes on 2 CPU cores (9 min 32 s measured on 2026-12-03; 4 min 36 s on the
-newer 2-core VM of 2026-12-04). Evaluates itself at the end with the
-shipped digits classifier, against the floor of the 1,000 held-out digits.
+"""Learns 4,000 real MNIST digits (the embedded `sagan_digits`, no download) on 2 CPU
+cores in 5 to 15 minutes, then evaluates itself with the shipped digits classifier against
+the floor of the 1,000 held-out digits.
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/sagan_quickstart
 
-The model and the training settings are those of the PyTorch comparison in
-BENCHMARKS.md ("Real digits"): 64 channels, attention at 16x16, z 64, batch 32, G 2e-4 /
-D 8e-4, Adam (0, 0.999). Where PyTorch-StudioGAN's SAGAN differs from the authors' code,
-this config takes StudioGAN's way: together they learned the classes far faster there
-(class accuracy 98% against 79% after 1,000 steps, seed 0); which of them matter is
-measured there too.
+The model and the training settings are those of the PyTorch comparison in BENCHMARKS.md
+("Real digits"): 64 channels, attention at 16x16, z 64, batch 32, G 2e-4 / D 8e-4, Adam
+(0, 0.999). Where PyTorch-StudioGAN's SAGAN differs from the authors' code, this config
+takes StudioGAN's way: together they learn the classes far faster here (BENCHMARKS.md has
+the seeds and which of the ways matter).
 """
 from sagan_jax.config import default_config
 
@@ -26,7 +24,7 @@ def get_config():
   c.batch_size = 32
   c.g_lr = 2e-4  # TTUR 1:4 as in the paper, at twice its rates
   c.d_lr = 8e-4
-  c.num_train_steps = 1000  # 2-4 steps/s on 2-core CPUs (one device per core)
+  c.num_train_steps = 1000
   # StudioGAN's ways (the defaults are the authors' code's):
   c.cbn = 'sn_linear'  # per-class BN gain and bias from an SN-linear map of the label
   c.init = 'orthogonal'
@@ -41,7 +39,6 @@ def get_config():
   c.log_every_steps = 50
   c.sample_every_steps = 200
   c.checkpoint_every_steps = 500
-  c.eval_every_steps = 1000  # at the end (the floor is logged before the first step): one
-  #   evaluation more at step 500 took the command past 10 minutes (10 min 34 s)
+  c.eval_every_steps = 1000  # at the end (the floor is logged before the first step)
   c.eval_num_samples = 5_000
   return c

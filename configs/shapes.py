@@ -22,12 +22,10 @@ def get_config():
   c.batch_size = 32
   c.g_lr = 2e-4  # TTUR 1:4 as in the paper, at twice its rates: G 4e-4 learned the classes
   c.d_lr = 8e-4  #   faster but lost their variety; G 1e-4 kept it and learned too slowly
-  c.num_train_steps = 1000  # 2 steps/s on the 2-core CPU (one device per core), with 2
-  #   evaluations: < 10 min
+  c.num_train_steps = 1000
   c.bn_momentum = 0.99  # a short run: let the raw G's moving BN statistics keep up
-  c.ema_decay = 0.99  # a window of ~100 steps over the last 200: in a 700-step run, 0.995
-  c.ema_start_step = 800  #   from step 400 still averaged the fast early weights (EMA 43%
-  #   against raw 65%)
+  c.ema_decay = 0.99  # a window of ~100 steps over the last 200: a longer one, started
+  c.ema_start_step = 800  #   earlier, still averaged the fast early weights
   c.log_every_steps = 50
   c.sample_every_steps = 100
   c.checkpoint_every_steps = 500

@@ -106,6 +106,19 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def from_file(path: str, **overrides) -> ml_collections.ConfigDict:
+  """get_config() of a config file (such as configs/imagenet128.py), with `overrides`."""
+  import importlib.util
+  import os
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update(overrides)
+  return config
+
+
 def class_indices(spec: str, num_classes: int) -> list[int]:
   """'all' or '3,5,7' -> class indices; ValueError saying what is wrong otherwise."""
   if spec == 'all':

@@ -1,18 +1,17 @@
-"""The CPU's forms of SAGAN's convolutions and attention, with hand-written gradients.
+"""SAGAN's convolutions (`convolve`, the one place that chooses a convolution's form) and the
+CPU's forms of them and of attention, with hand-written gradients.
 
 `layers.SNConv` (with `fused`, which config.resampling='auto' turns on only on the
 CPU) and `layers.attention` ('blocked', which config.attention_impl='auto' picks only
 on the CPU) use these; GPU and TPU keep XLA's forms. Each is the same linear map (or
 attention) as the layer as written, up to float rounding, and exists because XLA's
-CPU form measured slower (BENCHMARKS.md, issue 17; 1.63x on the ImageNet-128 CPU step
-altogether):
+CPU form is slower (BENCHMARKS.md has the measurements):
 - `upsample_conv` / `conv_avg_pool_kernel`: G's upsample + conv3x3 and D's conv3x3 +
   avg-pool as one convolution at the low resolution (4/9 of the multiply-adds);
 - `valid_conv`: an unpadded convolution whose forms are faster on the CPU: im2col for
-  kernel-bound layers (1.3-2.5x per layer), per-tap kernel gradients, and the strided
-  input gradient by output phases (1.2-4.4x per layer);
-- `blocked_attention`: 256 queries at a time with a flash-style backward (1.7-2.1x on
-  the 64x64 block).
+  kernel-bound layers, per-tap kernel gradients, and the strided input gradient by
+  output phases;
+- `blocked_attention`: a block of queries at a time with a flash-style backward.
 Tests: tests/test_layers.py checks each against XLA's form, values and gradients.
 """
 import functools
@@ -29,27 +28,74 @@ def conv(x, kernel, padding, stride=1):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+FUSED_MIN_SIZE = 8  # the fused forms are slower at 4x4, faster from 8x8 (BENCHMARKS.md)
+
+
+def convolve(x, w, sigma, resample: str = '', fused: bool = False):
+  """SNConv's convolution: x (in its compute dtype) with w / sigma (w [k, k, I, O] and sigma
+  float32), stride 1, SAME padding, the input upsampled 2x before ('up') or the output
+  average-pooled 2x2 after ('down'). As written, or with `fused` in the CPU's forms:
+  - the resampling and the 3x3 convolution as one convolution at the low resolution
+    (`upsample_conv`, `conv_avg_pool_kernel`: 4/9 of the multiply-adds) where that is at
+    least FUSED_MIN_SIZE (below it the work in the larger kernel outweighs the saving);
+  - a `kernel_bound` 3x3 convolution through `valid_conv`, 1/sigma scaling its output
+    rather than its kernel where the kernel outweighs the output (passes over the smaller
+    of the two, forward and in the gradient)."""
+  dtype, k = x.dtype, w.shape[0]
+  out = {'up': 2 * x.shape[1], 'down': x.shape[1] // 2}.get(resample, x.shape[1])
+  low = x.shape[1] if resample == 'up' else x.shape[1] // 2  # the low resolution
+  fuse = fused and k == 3 and resample != '' and low >= FUSED_MIN_SIZE
+  fused_up = fuse and resample == 'up'
+  if resample == 'up' and not fuse:
+    x = upsample_2x(x)
+  by_valid_conv = fuse or (fused and k == 3 and kernel_bound(w.shape, x.shape))
+  if by_valid_conv and not fused_up:  # upsample_conv pads its input itself
+    x = pad1(x)
+  on_output = by_valid_conv and kernel_bound(w.shape, (x.shape[0], out, out))
+  w = w if on_output else w / sigma  # float32: the fused kernels are made before the cast
+  if fused_up:
+    y = upsample_conv(x, upsample_conv_kernel(w).astype(dtype))
+  elif fuse:
+    y = valid_conv(x, conv_avg_pool_kernel(w).astype(dtype), 2)
+  elif by_valid_conv:
+    y = valid_conv(x, w.astype(dtype), 1)
+  else:
+    y = conv(x, w.astype(dtype), 'SAME')
+  y = avg_pool_2x2(y) if resample == 'down' and not fuse else y
+  return (y / sigma).astype(dtype) if on_output else y
+
+
+def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
+  return x.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def avg_pool_2x2(x):  # [B, H, W, C] -> [B, H/2, W/2, C]
+  window = (1, 2, 2, 1)
+  return jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, window,
+                               'VALID') / 4
+
+
 def kernel_bound(kernel_shape, out_shape) -> bool:
   """Whether a convolution's kernel [kh, kw, I, O] outweighs its output [B, H, W, O]
   (taps x I > B x H x W): wide layers at low resolution, where the kernel-sized work
-  of XLA's gradients (a flipped, transposed copy of the kernel for the input gradient:
-  110 ms for a [3, 3, 1024, 1024] one on the CPU) costs more than the arithmetic."""
+  of XLA's gradients (a flipped, transposed copy of the kernel for the input gradient)
+  costs more than the arithmetic."""
   return kernel_shape[0] * kernel_shape[1] * kernel_shape[2] > (
       out_shape[0] * out_shape[1] * out_shape[2])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def valid_conv(x, kernel, stride: int):
-  """An unpadded convolution in the forms that are faster on the CPU (BENCHMARKS.md,
-  issue 17). Where the kernel outweighs the output (`kernel_bound`: the wide layers at
+  """An unpadded convolution in the forms that are faster on the CPU. Where the kernel
+  outweighs the output (`kernel_bound`: the wide layers at
   low resolution):
-  - the output is one matmul of the windows of x side by side (im2col), 1.3-2.5x
-    faster than XLA's convolution there; the kernel gradient is that matmul's;
+  - the output is one matmul of the windows of x side by side (im2col), faster than
+    XLA's convolution there; the kernel gradient is that matmul's;
   - the input gradient is one matmul per tap against the kernel as it is, where XLA's
     first copies the kernel flipped and transposed.
   Elsewhere the convolution and its input gradient are XLA's, and the kernel gradient
   is one [O, I] matmul per tap for the fused 2x2 and 4x4 stride-2 kernels (XLA's is
-  1.3-2.6x slower for them) and XLA's for 3x3 kernels (the faster there)."""
+  slower for them) and XLA's for 3x3 kernels (the faster there)."""
   return _valid_conv_fwd(x, kernel, stride)[0]
 
 
@@ -84,7 +130,7 @@ def _valid_conv_bwd(stride, residuals, dy):
     dx = (_strided_input_grad(dy, kernel, stride, x.shape) if stride > 1 else
           jax.vjp(lambda x: conv(x, kernel, 'VALID', stride), x)[1](dy)[0])
     if (kh, kw) != (3, 3):  # each tap's [O, I]: XLA then copies each window without
-      #   transposing it, 1.1-1.7x faster than as [I, O]
+      #   transposing it, faster than as [I, O]
       dk = jnp.stack([jnp.einsum('bhwo,bhwi->oi', dy, w, **_f32)
                       for w in _windows(x, kernel.shape, dy.shape, stride)]).transpose(0, 2, 1)
     else:
@@ -102,7 +148,7 @@ def _strided_input_grad(dy, kernel, stride, x_shape):
   """The input gradient of a VALID convolution of stride s whose kernel is s taps a
   multiple along each axis (the fused 4x4, stride 2), as one stride-1 convolution of
   dy with the s x s output phases side by side, interleaved after. XLA's own (a
-  convolution of dy dilated by s) is 1.2-4.4x slower on the CPU (BENCHMARKS.md).
+  convolution of dy dilated by s) is slower on the CPU.
   Along an axis, input row s m + a saw output rows m - u' through taps a + s u'
   (u' < J = taps / s): with dy padded by J - 1, a J-tap convolution whose tap u
   carries kernel tap a + s (J - 1 - u), transposed."""
@@ -167,18 +213,18 @@ def conv_avg_pool_kernel(w):
   return w
 
 
-QUERY_BLOCK = 256  # queries per block of 'blocked' attention: measured in BENCHMARKS.md
+QUERY_BLOCK = 256  # queries per block of 'blocked' attention (the fastest in BENCHMARKS.md)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def blocked_attention(theta, phi, g, block: int):
-  """`attention` for `block` queries at a time: the CPU's form (issue 17). Forward,
+  """`attention` for `block` queries at a time: the CPU's form. Forward,
   one [B, block, M] array of logits at a time (lax.map), not [B, N, M], each block's
   softmax normalised after its matmul with the values (a division of [B, block, v],
   not of the weights); it keeps only the output and each query's log-sum-exp, and the
   backward recomputes a block's weights from them (as flash attention does) rather
-  than storing and reloading them all. Forward and backward at 64x64: 1.7-2.1x faster
-  on the CPU than the two einsums (BENCHMARKS.md). N must be a multiple of block."""
+  than storing and reloading them all: on the CPU, faster than the two einsums at 64x64.
+  N must be a multiple of block."""
   return _blocked_attention_fwd(theta, phi, g, block)[0]
 
 

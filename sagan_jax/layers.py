@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from sagan_jax.cpu_kernels import (QUERY_BLOCK, blocked_attention, conv, conv_avg_pool_kernel,
-                                   kernel_bound, pad1, upsample_conv, upsample_conv_kernel,
-                                   valid_conv)
+from sagan_jax.cpu_kernels import QUERY_BLOCK, blocked_attention, convolve
 
 Initializer = Callable[..., jax.Array]
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -124,22 +122,11 @@ class _SNLayer(nn.Module):
     return y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
-FUSED_MIN_SIZE = 8  # measured in BENCHMARKS.md (issue 17): slower at 4x4, faster from 8x8
-
-
 class SNConv(_SNLayer):
-  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding.
-
-  `resample='up'` convolves the input upsampled 2x (nearest neighbour) and
-  `'down'` average-pools the output 2x2, as SAGAN's blocks do. With `fused`
-  each is one convolution at the low resolution with a kernel derived from the
-  same 3x3 weights (`upsample_conv`, `conv_avg_pool_kernel`): the same linear
-  map, up to float rounding, in 4/9 of the multiply-adds. Where the low
-  resolution is under FUSED_MIN_SIZE the work in the kernel (16 or 4 x 4 taps
-  against 9) outweighs that saving, and the layer stays as written. `fused` (the
-  CPU's forms of the layer) also sends a `kernel_bound` 3x3 convolution through
-  `valid_conv`, whose forms are the faster there.
-  """
+  """Spectrally normalised 2-D convolution, NHWC, stride 1, SAME padding; `resample='up'`
+  convolves the input upsampled 2x (nearest neighbour) and `'down'` average-pools the
+  output 2x2, as SAGAN's blocks do. `fused`: in the CPU's forms (cpu_kernels.convolve),
+  the same linear map from the same weights."""
   kernel_size: int = 3
   resample: str = ''  # '', 'up' or 'down'
   fused: bool = False
@@ -147,40 +134,8 @@ class SNConv(_SNLayer):
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
-    shape = (k, k, x.shape[-1], self.features)
-    x = x.astype(self.dtype)
-    out = {'up': 2 * x.shape[1], 'down': x.shape[1] // 2}.get(self.resample, x.shape[1])
-    low = x.shape[1] if self.resample == 'up' else x.shape[1] // 2  # the low resolution
-    fuse = self.fused and k == 3 and self.resample != '' and low >= FUSED_MIN_SIZE
-    fused_up = fuse and self.resample == 'up'
-    if self.resample == 'up' and not fuse:
-      x = upsample_2x(x)
-    by_valid_conv = fuse or (self.fused and k == 3 and kernel_bound(shape, x.shape))
-    if by_valid_conv and not fused_up:  # upsample_conv pads its input itself
-      x = pad1(x)
-    # Where the kernel outweighs the output, 1/sigma scales valid_conv's output, not its
-    # kernel (the same linear map): passes over the output, forward and in the gradient.
-    on_output = by_valid_conv and kernel_bound(shape, (x.shape[0], out, out))
-    w, s = self.kernel_and_sigma(shape)
-    w = w if on_output else w / s  # float32: the fused kernels are made before the cast
-    if fused_up:
-      y = upsample_conv(x, upsample_conv_kernel(w).astype(self.dtype))
-    elif fuse:
-      y = valid_conv(x, conv_avg_pool_kernel(w).astype(self.dtype), 2)
-    elif by_valid_conv:
-      y = valid_conv(x, w.astype(self.dtype), 1)
-    else:
-      y = conv(x, w.astype(self.dtype), 'SAME')
-    y = avg_pool_2x2(y) if self.resample == 'down' and not fuse else y
-    return self.add_bias((y / s).astype(self.dtype) if on_output else y)
-
-
-def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
-  return x.repeat(2, axis=1).repeat(2, axis=2)
-
-
-def avg_pool_2x2(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+    w, sigma = self.kernel_and_sigma((k, k, x.shape[-1], self.features))
+    return self.add_bias(convolve(x.astype(self.dtype), w, sigma, self.resample, self.fused))
 
 
 class SNDense(_SNLayer):

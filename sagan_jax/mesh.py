@@ -29,8 +29,8 @@ def use_cpu_cores(per_process_batch: int, cores: int | None = None) -> int:
   and returns that count (1: left alone).
 
   XLA runs a small step's ops mostly on one thread; as several devices the data-parallel
-  step runs on all cores at once (measured in BENCHMARKS.md, "CPU devices": the quickstart
-  step 1.4x faster on 2 cores), with the same results up to float rounding. Call it before
+  step runs on all cores at once (BENCHMARKS.md, "CPU devices"), with the same results up
+  to float rounding. Call it before
   the backend starts. It leaves a count the user chose (JAX_NUM_CPU_DEVICES, XLA_FLAGS'
   --xla_force_host_platform_device_count) alone, and it changes nothing on GPU or TPU,
   where the CPU devices go unused.

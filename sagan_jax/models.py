@@ -12,8 +12,8 @@ from flax import linen as nn
 
 from sagan_jax import device_policy
 from sagan_jax.architectures import ARCHITECTURES
-from sagan_jax.layers import (ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed,
-                              avg_pool_2x2, upsample_2x)
+from sagan_jax.cpu_kernels import avg_pool_2x2, upsample_2x
+from sagan_jax.layers import ConditionalBatchNorm, SelfAttention, SNConv, SNDense, SNEmbed
 
 INITIALIZERS = {'xavier': nn.initializers.xavier_uniform(), 'orthogonal': nn.initializers.orthogonal()}
 

@@ -92,10 +92,10 @@ class SaganResized(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
         features=tfds.features.FeaturesDict({
-            # Raw pixels, not PNG: nothing to decode while training (a 128 px PNG takes
-            # 0.5 ms of a core to decode, more than the rest of the input together), for
-            # 2.4x the bytes of a PNG of photo-like images. As bytes: the default, a
-            # list of integers, takes longer to parse than the PNG to decode.
+            # Raw pixels, not PNG: nothing to decode while training (decoding a PNG costs
+            # more than the rest of the input together), for a few times the bytes of a
+            # PNG of photo-like images. As bytes: the default, a list of integers, takes
+            # longer to parse than the PNG to decode.
             'image': tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8,
                                           encoding=tfds.features.Encoding.BYTES),
             'label': tfds.features.ClassLabel(names=self._source_classes()),

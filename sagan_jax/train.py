@@ -81,7 +81,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   try:
     # XLA compiles the step in a thread of its own (it holds no GIL while it compiles) while
     # this one restores or initialises the state and draws the step-0 grids, compiling
-    # their programs too: on 2 CPU cores the quickstart reaches its memory check in 36 s, not 50.
+    # their programs too: the start-up's two long waits overlap.
     with concurrent.futures.ThreadPoolExecutor(1) as compiler:
       compiling = compiler.submit(update.compiled_and_memory)
       loop = Loop(workdir, data, update, image_sampler, manager, best)
@@ -106,7 +106,7 @@ class EMAStatistics:
   generated batches of config.batch_size), once per step.
 
   Why not the raw G's moving averages: they are statistics of other weights,
-  and the EMA G sampled with them is a blurred average (issue 16). Why not an
+  and the EMA G sampled with them is a blurred average. Why not an
   average kept up to date inside the train step: that is one more G forward
   pass on every step (about 1/13 of the step's work, counting passes), while the EMA is used
   only for grids, evaluations and checkpoints; measured at each use, the

@@ -1,4 +1,6 @@
 """Data parallelism: 1 vs 8 devices, two processes, bf16."""
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -126,3 +128,19 @@ def test_cpu_devices_one_per_core_that_split_the_batch():
   assert cpu_device_count(7, 4) == 1 and cpu_device_count(2, 8) == 2
   # A count the user chose (here the tests' XLA_FLAGS) is left alone.
   assert use_cpu_cores(32, cores=2) == 1 and jax.device_count() == 8
+
+
+def test_a_failing_or_silent_worker_ends_the_others_at_once(tmp_path):
+  """run_workers: process 0 fails at once while process 1 would wait a minute (as at a
+  collective): it is ended, and the failure names process 0 and its last words."""
+  script = tmp_path / 'worker.py'
+  script.write_text('import sys, time\nif sys.argv[2] == "0":\n  sys.exit("boom")\n'
+                    'time.sleep(60)\n')
+  start = time.monotonic()
+  with pytest.raises(AssertionError, match=r'process 0 of 2 failed:\s+boom'):
+    run_workers(str(script), 2, 1)
+  silent = tmp_path / 'silent.py'
+  silent.write_text('import time\ntime.sleep(60)\n')
+  with pytest.raises(AssertionError, match=r'process 0 of 2 gave no result in 2 s'):
+    run_workers(str(silent), 2, 1, timeout=2)
+  assert time.monotonic() - start < 30

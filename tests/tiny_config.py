@@ -1,22 +1,16 @@
 """Configs for tests: the tiny one every test trains, and the shipped files.
 
 No side effects: safe to import anywhere."""
-import importlib.util
 import os
 
-from sagan_jax.config import default_config
+from sagan_jax.config import default_config, from_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, **overrides):
   """get_config() of configs/NAME.py, with `overrides`."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update(overrides)
-  return config
+  return from_file(os.path.join(ROOT, 'configs', f'{name}.py'), **overrides)
 
 
 def tiny_config(**overrides):
