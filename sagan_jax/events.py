@@ -15,7 +15,6 @@ import socket
 import struct
 import time
 
-import google_crc32c
 import numpy as np
 from etils import epath
 from PIL import Image
@@ -26,6 +25,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 
 def _masked_crc32c(data: bytes) -> int:
+  import google_crc32c  # here: only writing needs it (the accelerator check imports this module)
   crc = google_crc32c.value(data)
   return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
