@@ -4,10 +4,10 @@ the floor of the 1,000 held-out digits.
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/sagan_quickstart
 
-The model and the training settings are those of the PyTorch comparison in BENCHMARKS.md
+The model and the training settings are those of the PyTorch comparison in BENCHMARKS_LOG.md
 ("Real digits"): 64 channels, attention at 16x16, z 64, batch 32, G 2e-4 / D 8e-4, Adam
 (0, 0.999). Where PyTorch-StudioGAN's SAGAN differs from the authors' code, this config
-takes StudioGAN's way: together they learn the classes far faster here (BENCHMARKS.md has
+takes StudioGAN's way: together they learn the classes far faster here (BENCHMARKS_LOG.md has
 the seeds and which of the ways matter).
 """
 from sagan_jax.config import default_config

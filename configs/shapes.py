@@ -1,11 +1,11 @@
 """The embedded `sagan_shapes` dataset (drawn shapes and textures in random colours) in
 under 10 minutes on 2 CPU cores; no download. Evaluates itself every 500 steps with the
 shipped classifier. It was the quickstart before the real digits (configs/quickstart.py);
-SAGAN collapses its within-class colours (BENCHMARKS.md, "What D sees of colour").
+SAGAN collapses its within-class colours (BENCHMARKS_LOG.md, "What D sees of colour").
 
   python main.py --config=configs/shapes.py --workdir=/tmp/sagan_shapes
 
-Every value below was chosen by the ablations in BENCHMARKS.md ("Quickstart ablations").
+Every value below was chosen by the ablations in BENCHMARKS_LOG.md ("Quickstart ablations").
 """
 from sagan_jax.config import default_config
 

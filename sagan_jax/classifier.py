@@ -5,9 +5,9 @@ distance, precision and recall in its 128-d feature space).
   python -m sagan_jax.classifier --dataset=sagan_digits
 
 trains it (sagan_shapes: 300 steps; sagan_digits: 1,500 steps with shifts of up to
-2 px; test accuracies in BENCHMARKS.md) and writes shipped(dataset), the weights that evaluation uses by
-default: they ship with the project (566 KB each), so evaluation needs no extra
-command. Both datasets are fixed (generated from fixed seeds, or packaged), so
+2 px; test accuracies in BENCHMARKS_LOG.md) and writes shipped(dataset), the weights
+that evaluation uses by default: they ship with the project, so evaluation needs no
+extra command. Both datasets are fixed (generated from fixed seeds, or packaged), so
 the same weights serve every machine.
 """
 import os

@@ -5,7 +5,7 @@ CPU's forms of them and of attention, with hand-written gradients.
 CPU) and `layers.attention` ('blocked', which config.attention_impl='auto' picks only
 on the CPU) use these; GPU and TPU keep XLA's forms. Each is the same linear map (or
 attention) as the layer as written, up to float rounding, and exists because XLA's
-CPU form is slower (BENCHMARKS.md has the measurements):
+CPU form is slower (BENCHMARKS_LOG.md has the measurements):
 - `upsample_conv` / `conv_avg_pool_kernel`: G's upsample + conv3x3 and D's conv3x3 +
   avg-pool as one convolution at the low resolution (4/9 of the multiply-adds);
 - `valid_conv`: an unpadded convolution whose forms are faster on the CPU: im2col for
@@ -28,7 +28,7 @@ def conv(x, kernel, padding, stride=1):
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-FUSED_MIN_SIZE = 8  # the fused forms are slower at 4x4, faster from 8x8 (BENCHMARKS.md)
+FUSED_MIN_SIZE = 8  # the fused forms are slower at 4x4, faster from 8x8 (BENCHMARKS_LOG.md)
 
 
 def convolve(x, w, sigma, resample: str = '', fused: bool = False):
@@ -70,9 +70,8 @@ def upsample_2x(x):  # nearest neighbour, [B, H, W, C] -> [B, 2H, 2W, C]
 
 
 def avg_pool_2x2(x):  # [B, H, W, C] -> [B, H/2, W/2, C]
-  window = (1, 2, 2, 1)
-  return jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, window,
-                               'VALID') / 4
+  window = (1, 2, 2, 1)  # (a literal 0. and lax.add: XLA's windowed sum, with its gradient)
+  return jax.lax.reduce_window(x, 0., jax.lax.add, window, window, 'VALID') / 4
 
 
 def kernel_bound(kernel_shape, out_shape) -> bool:
@@ -213,7 +212,7 @@ def conv_avg_pool_kernel(w):
   return w
 
 
-QUERY_BLOCK = 256  # queries per block of 'blocked' attention (the fastest in BENCHMARKS.md)
+QUERY_BLOCK = 256  # queries per block of 'blocked' attention (the fastest in BENCHMARKS_LOG.md)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

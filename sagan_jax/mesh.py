@@ -29,7 +29,7 @@ def use_cpu_cores(per_process_batch: int, cores: int | None = None) -> int:
   and returns that count (1: left alone).
 
   XLA runs a small step's ops mostly on one thread; as several devices the data-parallel
-  step runs on all cores at once (BENCHMARKS.md, "CPU devices"), with the same results up
+  step runs on all cores at once (BENCHMARKS_LOG.md, "CPU devices"), with the same results up
   to float rounding. Call it before
   the backend starts. It leaves a count the user chose (JAX_NUM_CPU_DEVICES, XLA_FLAGS'
   --xla_force_host_platform_device_count) alone, and it changes nothing on GPU or TPU,

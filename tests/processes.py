@@ -10,7 +10,7 @@ import time
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Tests compile far more than they run: the lowest LLVM optimisation level compiles faster
 # and runs tiny models a little slower, and XLA's loop emitters compile the tiny train step
-# in less CPU time than its MLIR fusion emitters (BENCHMARKS.md). A test that runs more
+# in less CPU time than its MLIR fusion emitters (BENCHMARKS_LOG.md). A test that runs more
 # than it compiles (the learning test) leaves them out.
 TEST_XLA_FLAGS = ('--xla_backend_optimization_level=0', '--xla_cpu_use_fusion_emitters=false')
 
