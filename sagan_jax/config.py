@@ -49,8 +49,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.d_shortcut_relu = False  # D's later blocks feed ReLU(x) to the shortcut (a quirk of
   #   StudioGAN's in-place ReLU); False: x, as the authors' code
   c.sn_power_iterations = 1  # power iterations per update of spectral norm's u
-  c.sn_eps = 1e-12
-  c.bn_momentum = 0.999  # moving-average decay of G's batch-norm statistics
+  c.sn_eps = 1e-12  # the power iteration divides by max(||x||, sn_eps)
+  c.bn_momentum = 0.999  # moving-average decay of G's batch-norm statistics. The averaged
+  #   variance is the batch's biased one (flax); torch keeps the unbiased one, B/(B-1)
+  #   times larger (3% at batch 32): only the raw G's samples, which use the averages, see it
   c.bn_eps = 1e-5
   c.bn_per_device = False  # G's BN statistics per device (the authors' unsynchronised
   #   GPU towers) instead of over the global batch

@@ -29,7 +29,10 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def _l2_normalize(x, eps):
-  return x * jax.lax.rsqrt(jnp.sum(x * x) + eps)
+  """x / max(||x||, eps), as torch's F.normalize (StudioGAN's eps 1e-6); TensorFlow's
+  l2_normalize (the authors' code) floors ||x||^2 at eps instead. Either floor acts only
+  on a vanishing vector, which the power iteration of a nonzero weight never makes."""
+  return x / jnp.maximum(jnp.sqrt(jnp.sum(x * x)), eps)
 
 
 def spectral_normalize(module: nn.Module, w: jax.Array, n_steps: int, eps: float) -> jax.Array:

@@ -112,7 +112,7 @@ def test_what_the_memory_check_advises_fits_when_compiled_for_a_tpu():
   """A step that does not fit a (pretend) chip at its batch: each setting the advice names
   was compiled by the TPU compiler and found under the limit (remat and bf16 are already
   on, so a grad_accumulation is what is left)."""
-  config = tiny_config(**CONFIG, remat=True, dtype='bfloat16', batch_size=16)  # 4 per chip
+  config = tiny_config(**CONFIG, remat=True, dtype='bfloat16', batch_size=8)  # 2 per chip
   mesh = make_mesh(chips.devices(chips.parse('v5e-4')))
   step = make_update(config, mesh, 'tpu').compiled_and_memory()[1]
   limit = step.peak - 1
@@ -120,7 +120,7 @@ def test_what_the_memory_check_advises_fits_when_compiled_for_a_tpu():
     memory.check(step, config, 4, limit, step_measure(mesh, 'tpu'))
   flags = dict(error.value.advice)
   assert any(f.startswith('--config.grad_accumulation=') for f in flags), flags
-  assert set(flags) <= {'--config.grad_accumulation=2', '--config.grad_accumulation=4'}, flags
+  assert set(flags) == {'--config.grad_accumulation=2'}, flags  # a micro-batch of 1 per chip
   for flag, fitted in error.value.advice:
     assert fitted.fits(limit) and not fitted.rejected and flag in str(error.value)
 

@@ -73,7 +73,7 @@ def test_every_bad_invocation_is_one_line_with_the_fix(tmp_path):
   cases = {  # arguments: what the line must say
       ('--mdoe=sample', wd): "Unknown command line flag 'mdoe'. Did you mean: mode",
       ('--mode=smaple', wd):
-          'value should be one of <train|sample|interpolate|attention|eval|reference>',
+          'value should be one of <train|sample|interpolate|attention|eval|reference|compile>',
       (quick,): '--workdir is required',
       (quick, wd, '--config.ch=abc'): "flag --config.ch=abc: invalid literal for int()",
       (quick, wd, '--config.chh=4'): "config.chh is not a known field; did you mean 'ch'?",
