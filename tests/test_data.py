@@ -298,7 +298,7 @@ def test_two_processes_read_their_halves_of_the_same_global_batches(tfds_dir):
   config = shapes_config(tfds_dir)
   whole = iterator(config)
   want = [next(whole) for _ in range(2)]
-  outputs = run_workers('data_worker.py', 2, 1, tfds_dir)
+  outputs = run_workers('helpers/data_worker.py', 2, 1, tfds_dir)
   for i, out in enumerate(outputs):
     assert out['rows'] == list(range(4 * i, 4 * i + 4))
     for batch, expected in zip(out['batches'], want):

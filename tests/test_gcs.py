@@ -2,8 +2,8 @@
 in memory) serves a bucket holding the dataset and the workdir. Orbax
 writes and restores checkpoints there through tensorstore, ArrayRecord reads the dataset
 through Riegeli's GCS reader, and every other file (TensorBoard's events too) goes
-through etils.epath (gcsfs here, see gcs_main.py). Nothing may land on the local disk
-under a 'gs:' name.
+through etils.epath (gcsfs here, see helpers/gcs_main.py). Nothing may land on the local
+disk under a 'gs:' name.
 
 Not covered offline: TensorFlow's own gs:// filesystem, which epath uses instead of gcsfs
 when TensorFlow is installed."""
@@ -94,8 +94,9 @@ def run(url, cwd, *args) -> str:
   # gcsfs's, tensorstore's and Riegeli's (google-cloud-cpp's) endpoint settings.
   env = single_device_env(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                           CLOUD_STORAGE_EMULATOR_ENDPOINT=url, GOOGLE_AUTH_TOKEN_FOR_TESTING='x')
-  result = subprocess.run([sys.executable, os.path.join(TESTS, 'gcs_main.py'), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=400)
+  script = os.path.join(TESTS, 'helpers', 'gcs_main.py')
+  result = subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=400)
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stderr
 

@@ -65,7 +65,7 @@ def test_one_device_and_eight_devices_train_the_same(tiny):
 def test_two_processes_keep_identical_replicated_state():
   """2 processes x 2 CPU devices on localhost (jax.distributed, gloo), 3 real steps, each
   with its gradients accumulated over 2 micro-batches (config.grad_accumulation)."""
-  outputs = run_workers('multiprocess_worker.py', 2, 2, 2)
+  outputs = run_workers('helpers/multiprocess_worker.py', 2, 2, 2)
   assert [o['devices'] for o in outputs] == [4, 4]
   assert outputs[0]['digest'] == outputs[1]['digest']
   assert outputs[0]['metrics'] == outputs[1]['metrics']

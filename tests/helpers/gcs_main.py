@@ -12,7 +12,7 @@ from unittest import mock
 
 from etils.epath import gpath
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 if __name__ == '__main__':
