@@ -13,6 +13,8 @@ When the state of spectral norm (u) and G's batch-norm averages move, `config.st
   the G step); G's BN averages move only in the G step (StudioGAN stops their tracking
   for the D step).
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -157,10 +159,13 @@ class Update:
         d_opt_state=self.d_tx.init(d_vars['params']),
         skipped=jnp.zeros((), jnp.int32), streak=jnp.zeros((), jnp.int32))
 
+  @functools.cached_property
+  def _init(self):
+    return jax.jit(self._new_state, out_shardings=NamedSharding(self.mesh, P()))
+
   def initial_state(self, seed: int) -> TrainState:
     """The initial state, created directly replicated on the mesh (compiled once)."""
-    init = jax.jit(self._new_state, out_shardings=NamedSharding(self.mesh, P()))
-    return init(jax.random.PRNGKey(seed))
+    return self._init(jax.random.PRNGKey(seed))
 
   def state_shapes(self) -> TrainState:
     """The state as ShapeDtypeStructs replicated on the mesh, computing nothing (for a
