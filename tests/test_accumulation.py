@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sagan_jax import memory, train
+from sagan_jax import checkpoint, input_pipeline, memory, train
 from sagan_jax.models import make_models
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.memory import MemoryFitError
-from sagan_jax.update import Update, d_gradients, g_gradients
+from sagan_jax.update import Update, d_gradients, g_gradients, make_update
 from test_parallel import _batches, _run
 from test_train import assert_tree_close, host, iterate_all
 
@@ -161,4 +161,22 @@ def test_a_run_that_cannot_fit_stops_before_training_and_resumes_under_another_k
   monkeypatch.undo()
   assert sorted(n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit()) == [
       '2', '4']
-  assert int(train.train_and_evaluate(config, workdir).step) == 6
+  before = str(tmp_path / 'before')
+  shutil.copytree(workdir, before)
+  resumed = host(train.train_and_evaluate(config, workdir))
+  # The resume is checkpoint 4's state and data position, then two steps of the K = 2
+  # update: the same two steps taken here from a copy of the workdir as it was.
+  mesh = train.make_mesh()
+  update = make_update(config, mesh)
+  data = input_pipeline.create_train_iterator(config, mesh)
+  state = checkpoint.restore_for_training(checkpoint.make_manager(before, config), config,
+                                          update.state_shapes(), data)
+  assert int(state.step) == 4
+  step = update.compiled()
+  for _ in range(2):
+    state, _ = step(state, train.shard_batch(next(data), mesh))
+  data.close()
+  assert int(resumed.step) == 6
+  for part in ('d_params', 'g_params', 'd_spectral', 'g_spectral', 'g_batch_stats',
+               'ema_params'):
+    assert_tree_close(getattr(resumed, part), getattr(host(state), part), rtol=1e-6, atol=1e-7)

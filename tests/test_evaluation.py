@@ -38,8 +38,15 @@ def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weig
   result = json.load(open(path))
   assert path.endswith('classifier_ema_0000004.json')
   assert result['step'] == 4 and result['num_samples'] == 48
-  assert result['frechet_distance'] > 0 and 0 <= result['class_accuracy'] <= 1
-  assert 1 <= result['classifier_score'] <= 10
+  assert result['frechet_distance'] > 0 and 1 <= result['classifier_score'] <= 10
+  # The class accuracy is the classifier's argmax against the classes asked for, on the
+  # same samples drawn again here (classes in turn, the options' seed and batch).
+  sampler = modes.Sampler(runs[1], options)
+  images, labels = evaluation.generate(sampler.image_sampler, sampler.variables, sampler.config,
+                                       48, 16, options.seed)
+  assert list(labels[:12]) == list(range(10)) + [0, 1]
+  logits = evaluation.Extractor('classifier', classifier_weights, sampler.mesh, 10)(images)[1]
+  assert result['class_accuracy'] == pytest.approx(float((logits.argmax(-1) == labels).mean()))
   options.out = str(tmp_path / 'b')
   again = json.load(open(modes.evaluate(runs[1], options)[0]))
   for key in ('frechet_distance', 'classifier_score', 'kernel_distance', 'class_accuracy'):
