@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sagan_jax import checkpoint, evaluation
+from sagan_jax import checkpoint
 from sagan_jax import shapes_dataset as sd
 from sagan_jax.mesh import make_mesh
 from sagan_jax.models import make_models
@@ -53,8 +53,8 @@ def probe(workdir: str, step: int, mesh, n_fake: int, n_masks: int, n_colours: i
   fakes = np.concatenate([g(z[i:i + b], jnp.asarray(labels[i:i + b])) for i in range(0, n_fake, b)])
   d_fake = np.asarray(d(fakes, labels))
   grads = np.asarray(d_grad(fakes, jnp.asarray(labels)))
-  fg_colour, has_both = evaluation.colours(np.round((fakes + 1) * 127.5).astype(np.uint8))
-  fg = ((fakes + 1) / 2).mean(-1, keepdims=True) > 0.375  # evaluation.colours' rule
+  fg_colour, has_both = sd.colours(np.round((fakes + 1) * 127.5).astype(np.uint8))
+  fg = ((fakes + 1) / 2).mean(-1, keepdims=True) > 0.375  # shapes_dataset.colours' rule
   # dD / d(the same shift of every foreground pixel) [n, 3], per unit of [0, 1] colour
   pull = 2 * (grads * fg).sum((1, 2))
 

@@ -116,7 +116,7 @@ def compile_for_slice(config, tpu_slice: chips.Slice, out: str = '', max_batch: 
             'programs': {}}
 
   start = time.perf_counter()
-  step, needed = update.compiled_and_memory()
+  step, needed = memory.compile_step(update)
   report['programs']['train_step'] = program_report(
       step, needed, chip, config.batch_size * config.num_d_steps, num_chips,
       time.perf_counter() - start)

@@ -166,13 +166,13 @@ def _cached(config, extractor: Extractor, name: str, cache_dir: str, compute,
 def _extract(extractor: Extractor, batches, what: str, total: int | None = None,
              with_colours: bool = False):
   """Features and labels of all (images, labels) batches, with a progress line;
-  with_colours: also their colours() (the embedded dataset's)."""
+  with_colours: also their shapes_dataset.colours() (the embedded dataset's)."""
   features, labels, colour, progress = [], [], [], logs.Progress(what, total, 'images')
   for i, (x, y) in enumerate(batches):
     features.append(extractor(x)[0])
     labels.append(y)
     if with_colours:
-      colour.append(colours(x))
+      colour.append(shapes_dataset.colours(x))
     if (i + 1) % 10 == 0:
       logging.info(progress.line(sum(map(len, labels))))
   out = np.concatenate(features), np.concatenate(labels)
@@ -247,23 +247,10 @@ def intra_class_distances(features, labels, reference: dict, classes) -> dict[in
       features[labels == c], reference['features'][reference['labels'] == c]) for c in classes}
 
 
-def colours(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """The embedded dataset's two colours per image: (mean RGB in [0, 1] of the
-  foreground and of the background [n, 6], whether the image has both [n]).
-  Its foregrounds have every channel in [0.45, 1] and its backgrounds in
-  [0, 0.3], so a pixel whose channel mean is above 0.375 is foreground."""
-  x = images.astype(np.float32) / 255
-  fg = (x.mean(-1) > 0.375)[..., None]  # [n, H, W, 1]
-  count = lambda m: m.sum((1, 2))
-  mean = lambda m: (x * m).sum((1, 2)) / np.maximum(count(m), 1)
-  both = (count(fg) > 0) & (count(~fg) > 0)
-  return np.concatenate([mean(fg), mean(~fg)], -1), both[:, 0]
-
-
 def colour_diversity(images: np.ndarray, labels: np.ndarray) -> float:
   """Within-class diversity of the (foreground, background) colours of images
   that have both (the embedded dataset draws both at random in every class)."""
-  c, both = colours(images)
+  c, both = shapes_dataset.colours(images)
   return metrics.within_class_diversity(c[both], labels[both])
 
 

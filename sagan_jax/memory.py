@@ -51,6 +51,22 @@ def of(compiled) -> Memory:
                 m.generated_code_size_in_bytes, m.alias_size_in_bytes)
 
 
+def compile_step(update) -> tuple:
+  """(update.py's train step compiled for its mesh, its Memory per device); where the
+  compiler itself refuses the step for want of memory (a TPU's does), (None, what its
+  error says the step needs)."""
+  try:
+    compiled = update.compiled()
+    return compiled, of(compiled)
+  except jax.errors.JaxRuntimeError as e:
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    arguments = nbytes(update.state_shapes()) + nbytes(update.batch_shapes()) // update.mesh.size
+    needed = from_error(e, arguments)
+    if needed is None:
+      raise
+    return None, needed
+
+
 _UNITS = {'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 # The TPU compiler's two ways of refusing a program that does not fit its HBM.
 _USED = re.compile(r'Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm')

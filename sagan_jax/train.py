@@ -83,7 +83,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
     # this one restores or initialises the state and draws the step-0 grids, compiling
     # their programs too: the start-up's two long waits overlap.
     with concurrent.futures.ThreadPoolExecutor(1) as compiler:
-      compiling = compiler.submit(update.compiled_and_memory)
+      compiling = compiler.submit(memory.compile_step, update)
       loop = Loop(workdir, data, update, image_sampler, manager, best)
       train_step, step_memory = compiling.result()
     # Before the evaluator's reference statistics, the expensive part of the set-up.

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sagan_jax import memory, sampling
+from sagan_jax.accumulation import mean_gradient
 from sagan_jax.layers import advance_spectral
 from sagan_jax.losses import discriminator_loss, generator_loss
 from sagan_jax.mesh import abstract
@@ -86,8 +87,8 @@ def d_gradients(up: 'Update', state: TrainState, images, labels, z, y_fake):
     return loss, ((d_spectral, g_new.get('spectral', g_spectral)),
                   {'d_real': d_real.mean(), 'd_fake': d_fake.mean()})
 
-  return up.accumulate(loss_fn, state.d_params, (d_spectral, state.g_spectral),
-                       (images, labels, z, y_fake))
+  return mean_gradient(loss_fn, state.d_params, (d_spectral, state.g_spectral),
+                       (images, labels, z, y_fake), up.config.grad_accumulation, up.mesh)
 
 
 def g_step(up: 'Update', state: TrainState, key) -> tuple[TrainState, dict]:
@@ -129,7 +130,8 @@ def g_gradients(up: 'Update', state: TrainState, z, y):
         (new.get('spectral', g_spectral), d_new.get('spectral', d_spectral)),
         {'batch_stats': new['batch_stats']})
 
-  return up.accumulate(loss_fn, state.g_params, (g_spectral, state.d_spectral), (z, y))
+  return mean_gradient(loss_fn, state.g_params, (g_spectral, state.d_spectral), (z, y),
+                       up.config.grad_accumulation, up.mesh)
 
 
 class Update:
@@ -198,21 +200,6 @@ class Update:
     whose memory_analysis() and cost_analysis() can be read before it runs."""
     return self.jitted().lower(self.state_shapes(), self.batch_shapes()).compile()
 
-  def compiled_and_memory(self):
-    """(the compiled step, its memory.Memory per device); where the compiler itself
-    refuses the step for want of memory (a TPU's does), (None, what its error says the
-    step needs)."""
-    try:
-      compiled = self.compiled()
-      return compiled, memory.of(compiled)
-    except jax.errors.JaxRuntimeError as e:
-      nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
-      arguments = nbytes(self.state_shapes()) + nbytes(self.batch_shapes()) // self.mesh.size
-      needed = memory.from_error(e, arguments)
-      if needed is None:
-        raise
-      return None, needed
-
   # What the steps share
 
   def latents(self, key, batch_size):
@@ -248,41 +235,6 @@ class Update:
     return advance_spectral(params, spectral, self.config.sn_power_iterations,
                             self.config.sn_eps)
 
-  def accumulate(self, loss_fn, params, carry, batch):
-    """The gradient of loss_fn(params, carry, micro-batch) -> (loss, (carry, outputs)):
-    the mean over K = config.grad_accumulation micro-batches of `batch` (leaves [B, ...]),
-    taken one at a time (lax.scan); `carry` (the spectral state) goes from one to the
-    next; the loss and the outputs are averaged. K = 1 is the same loop run once.
-    -> (grads, loss, carry, outputs)."""
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    k = self.config.grad_accumulation
-    if k == 1:
-      (loss, (carry, outputs)), grads = grad_fn(params, carry, batch)
-      return grads, loss, carry, outputs
-
-    def add_micro_batch(totals, micro):
-      carry, sums = totals
-      (loss, (carry, outputs)), grads = grad_fn(params, carry, micro)
-      return (carry, jax.tree.map(jnp.add, sums, (grads, loss, outputs))), None
-
-    micro = self.micro_batches(batch)
-    first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(grad_fn, params, carry, first)  # ((loss, (carry, outputs)), grads)
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                         (shapes[1], shapes[0][0], shapes[0][1][1]))
-    (carry, sums), _ = jax.lax.scan(add_micro_batch, (carry, zeros), micro)
-    grads, loss, outputs = jax.tree.map(lambda x: x / k, sums)
-    return grads, loss, carry, outputs
-
-  def micro_batches(self, tree):
-    """Leaves [B, ...] -> [K, B/K, ...], K = config.grad_accumulation: micro-batch j holds
-    rows j, K + j, 2K + j, ..., so each device's rows split evenly among the K and every
-    micro-batch is spread over all devices like the batch."""
-    k = self.config.grad_accumulation
-    split = lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(jax.tree.map(split, tree),
-                                            NamedSharding(self.mesh, P(None, 'data')))
-
 
 def make_update(config, mesh, platform: str = '') -> Update:
   """The update of `config` over `mesh`, with the networks' forms for `platform`
@@ -293,4 +245,4 @@ def make_update(config, mesh, platform: str = '') -> Update:
 def step_measure(mesh, platform: str = ''):
   """config -> memory.Memory of its train step compiled for `mesh` (memory.check's and
   memory.largest_batch's `measure`)."""
-  return lambda config: make_update(config, mesh, platform).compiled_and_memory()[1]
+  return lambda config: memory.compile_step(make_update(config, mesh, platform))[1]

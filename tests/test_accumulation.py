@@ -25,7 +25,7 @@ def accumulating(tiny):
   return config, Update(config, tiny.generator, tiny.discriminator, tiny.mesh)
 
 
-def _halves(x, k=2):  # the micro-batches of Update.micro_batches: rows j, k + j, ...
+def _halves(x, k=2):  # the micro-batches of accumulation.micro_batches: rows j, k + j, ...
   return [x[j::k] for j in range(k)]
 
 

@@ -114,7 +114,7 @@ def test_what_the_memory_check_advises_fits_when_compiled_for_a_tpu():
   on, so a grad_accumulation is what is left)."""
   config = tiny_config(**CONFIG, remat=True, dtype='bfloat16', batch_size=8)  # 2 per chip
   mesh = make_mesh(chips.devices(chips.parse('v5e-4')))
-  step = make_update(config, mesh, 'tpu').compiled_and_memory()[1]
+  step = memory.compile_step(make_update(config, mesh, 'tpu'))[1]
   limit = step.peak - 1
   with pytest.raises(memory.MemoryFitError) as error:
     memory.check(step, config, 4, limit, step_measure(mesh, 'tpu'))

@@ -17,7 +17,6 @@ from PIL import Image
 
 from sagan_jax import checkpoint, input_pipeline, memory, sampling, train, train_state
 from sagan_jax.models import make_models
-from sagan_jax.update import Update
 from processes import single_device_env
 from tiny_config import shapes_config
 
@@ -267,7 +266,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tfds_dir, tmp_path
   monkeypatch.setattr(input_pipeline, 'create_train_iterator',
                       lambda config, mesh: NaNBatches(real(config, mesh), bad={1, 3, 4, 5}))
   # Float batches (uint8 holds no NaN): the step as jit, not compiled ahead for uint8 ones.
-  monkeypatch.setattr(Update, 'compiled_and_memory', lambda self: (self.jitted(), memory.Memory()))
+  monkeypatch.setattr(memory, 'compile_step', lambda update: (update.jitted(), memory.Memory()))
   config = shapes_config(tfds_dir, num_train_steps=10, checkpoint_every_steps=1,
                          max_nonfinite_steps=3)
   with pytest.raises(train.NonFiniteError, match=r'steps 4 to 6 had non-finite .* before step 4'):

@@ -162,7 +162,7 @@ def test_colours_recover_the_embedded_datasets_random_colours():
   from sagan_jax import shapes_dataset
   image = np.zeros((32, 32, 3), np.uint8) + np.uint8([25, 51, 0])  # background
   image[8:20, 10:22] = [230, 128, 153]  # a square foreground
-  vectors, both = evaluation.colours(np.stack([image, np.zeros_like(image)]))
+  vectors, both = shapes_dataset.colours(np.stack([image, np.zeros_like(image)]))
   np.testing.assert_allclose(vectors[0], np.array([230, 128, 153, 25, 51, 0]) / 255, atol=1e-5)
   assert both.tolist() == [True, False]  # an all-dark image has no foreground
   # The dataset draws the foreground from U[0.45, 1]^3 and the background from U[0, 0.3]^3,
