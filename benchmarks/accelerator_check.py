@@ -44,6 +44,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
@@ -52,7 +53,7 @@ from sagan_jax import (digits_dataset, evaluation, inception, sampling,  # noqa:
                        weights)
 from sagan_jax.config import ConfigError, from_file, validate  # noqa: E402
 from timing import matmul_peak, synthetic_batch, time_steps, timed  # noqa: E402
-from sagan_jax.layers import attention  # noqa: E402
+from sagan_jax.layers import SelfAttention, attention  # noqa: E402
 from sagan_jax.mesh import make_mesh  # noqa: E402
 from sagan_jax.device_policy import attention_implementation, platform_of  # noqa: E402
 from sagan_jax.models import make_models  # noqa: E402
@@ -62,6 +63,113 @@ from sagan_jax.update import Update  # noqa: E402
 
 log = logging.getLogger('accelerator_check')
 GIB = 2**30
+
+
+# Published dense peaks (FLOP/s) and HBM bandwidth of the GPUs a lent machine has; the
+# datasheets give the tensor cores' figures "with sparsity", twice the dense ones.
+PUBLISHED = {
+    'H100': dict(bfloat16=989.4e12, tf32=494.7e12, float32=66.9e12, hbm_bytes_per_s=3.35e12,
+                 source='NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: BF16 1,979 and TF32 '
+                        '989 TFLOPS with sparsity, FP32 67 TFLOPS, 3.35 TB/s'),
+    'H200': dict(bfloat16=989.4e12, tf32=494.7e12, float32=66.9e12, hbm_bytes_per_s=4.8e12,
+                 source='NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: BF16 1,979 and TF32 '
+                        '989 TFLOPS with sparsity, FP32 67 TFLOPS, 4.8 TB/s'),
+}
+
+
+def published_peaks(device_kind: str, dtype: str) -> dict:
+  """{name: FLOP/s} of the published dense peaks that a step in `dtype` is measured
+  against: bf16 for bfloat16; TF32 (what XLA's default precision runs float32 matmuls
+  in on these GPUs) and plain FP32 for float32. {} for a device not in PUBLISHED (the
+  PCIe H100's figures differ from the SXM's)."""
+  name = next((k for k in PUBLISHED if k in device_kind), None)
+  if name is None or 'PCIe' in device_kind:
+    return {}
+  chip = PUBLISHED[name]
+  keys = ('bfloat16',) if dtype == 'bfloat16' else ('tf32', 'float32')
+  return {f'{name}_{k}_dense': chip[k] for k in keys}
+
+
+def attention_inputs(update) -> dict:
+  """{'G': [...], 'D': [...]}: (N, M, d, v) per example of each SelfAttention of the two
+  networks, traced from their shapes (nothing computed)."""
+  found = {'G': [], 'D': []}
+  net = 'G'
+
+  def interceptor(next_fun, args, kwargs, context):
+    if isinstance(context.module, SelfAttention) and context.method_name == '__call__':
+      _, h, w, c = args[0].shape
+      n = h * w
+      sagan = context.module.variant == 'sagan'
+      found[net].append((n, n // 4 if sagan else n, c // 8, c // 2 if sagan else c))
+    return next_fun(*args, **kwargs)
+
+  c, y = update.config, jnp.zeros((1,), jnp.int32)
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda: update.generator.init(jax.random.PRNGKey(0), jnp.zeros((1, c.z_dim)),
+                                                 y, train=False))
+    net = 'D'
+    jax.eval_shape(lambda: update.discriminator.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, c.image_size, c.image_size, 3)), y))
+  return found
+
+
+def attention_flops(update) -> float:
+  """The FLOPs of one train step's attention matmuls (theta phi^T and beta g), all
+  devices together, counted from the shapes: a forward 2 N M (d + v) per example, its
+  backward twice that. XLA's cost analysis counts cuDNN's attention (a custom call) as no
+  FLOPs; the step part adds this for it. Each D step runs G forward on B (no gradient)
+  and D forward and backward on 2B (reals and fakes); the G step G and D forward and
+  backward on B."""
+  c = update.config
+  forward = {k: sum(2 * n * m * (d + v) for n, m, d, v in shapes)
+             for k, shapes in attention_inputs(update).items()}
+  g, d = forward['G'], forward['D']
+  return c.batch_size * (c.num_d_steps * (g + 3 * 2 * d) + 3 * g + 3 * d)
+
+
+# The plan of the full check on one H100/H200 before anything is measured (--dry_run prints
+# it): seconds per part, compile included, each from the stated guess; `minimum` is the
+# smallest useful piece of the part, below which it is skipped. Once a part measures
+# something (a compile, a probe, the first FID batches), its later pieces are checked
+# against what it measured instead.
+STEP_SHARE = 0.4  # of the budget left when the step part starts
+COMPILE_S = 60  # one imagenet128 train step program on the lent host's 16 cores: a guess
+STEP_S = {'bfloat16': 0.12, 'float32': 0.25}  # batch 256: its 36 TFLOP at ~30% of the peak
+ESTIMATES = {  # part: (minimum, full, basis)
+    'device': (10, 10, 'two 8192^2 matmuls, 11 times each'),
+    'attention': (20, 30, 'four small programs compiled and timed'),
+    'step': (COMPILE_S + 12 * STEP_S['bfloat16'],
+             sum(COMPILE_S * (1 if size == 'big' else 0.7) + 12 * STEP_S[dtype] *
+                 (1 if size == 'big' else 0.25) for size, dtype, _ in (
+                     ('big', 'bfloat16', 0), ('big', 'float32', 0), ('small', 'bfloat16', 0),
+                     ('big', 'bfloat16', 0), ('small', 'float32', 0))),
+             'five variants, each a compile and 12 steps'),
+    'fid': (45, 30 + 30 + 50, "G's and Inception's compile, 50,000 images through both, then "
+            'the host statistics, which grow with n: covariances 2 x 2048^2 and k-NN '
+            '2 x 10,000 x 2048 FLOP a sample at ~50 GFLOP/s'),
+    'learning': (90, 2 * 60 + 2 * 15 + 4 * 10, '--train_minutes (1) per dtype, two compiles, '
+                 'four scorings of 5,000 samples'),
+    'max_batch': (COMPILE_S + 5, 6 * (COMPILE_S + 5), 'per dtype ~3 probes, each a compile and '
+                  'two steps'),
+    'devices': (20, 2 * 20, 'two tiny compiles (skipped on one GPU)'),
+}
+
+
+def plan(parts, budget_s: float) -> list[str]:
+  """The lines of --dry_run: each part's estimate and whether the budget reaches it."""
+  lines, spent = [f'budget {budget_s:.0f} s; estimates for one H100/H200 before measuring:'], 0.0
+  for name in parts:
+    minimum, full, basis = ESTIMATES[name]
+    left = budget_s - spent
+    if name == 'step':  # it takes at most its share of what is left (step_part)
+      full = max(min(full, STEP_SHARE * left), minimum)
+    verdict = ('runs' if left >= full else f'runs in part ({left:.0f} s left)' if left >= minimum
+               else f'skipped ({left:.0f} s left, needs ~{minimum:.0f})')
+    spent += min(full, max(left, 0)) if left >= minimum else 0
+    lines.append(f'  {name:10s} ~{full:4.0f} s (at least {minimum:.0f}): {verdict}; {basis}')
+  lines.append(f'  planned {spent:.0f} s of {budget_s:.0f}')
+  return lines
 
 
 class Skip(Exception):
@@ -93,6 +201,14 @@ class Check:
   def left(self) -> float:
     return self.deadline - time.monotonic()
 
+  def matmul_peak(self, dtype: str) -> float:
+    """FLOP/s of a large matmul in `dtype` on the first device, measured once (by the
+    device part, or by the first part that needs it if that one failed)."""
+    peaks = self.__dict__.setdefault('_peaks', {})
+    if dtype not in peaks:
+      peaks[dtype] = matmul_peak(jnp.dtype(dtype), 512 if self.args.tiny else 8192)
+    return peaks[dtype]
+
   def save(self):
     path = os.path.join(self.args.out, 'check.json')
     with open(path + '.tmp', 'w') as f:
@@ -100,8 +216,8 @@ class Check:
     os.replace(path + '.tmp', path)
 
   def run(self, name: str, part, min_seconds: float):
-    """Runs part(record) unless less than min_seconds are left; record(key, value)
-    stores a number (and saves the file) as it is measured."""
+    """Runs part(record) unless less than min_seconds (its estimate's minimum) are left;
+    record(key, value) stores a number (and saves the file) as it is measured."""
     out = self.results['parts'][name] = {}
     record = lambda key, value: (out.__setitem__(key, value), self.save())
     start = time.monotonic()
@@ -132,8 +248,7 @@ def device_part(check, record):
   stats = device.memory_stats() or {}
   record('memory_limit_gib', round(stats['bytes_limit'] / GIB, 2) if 'bytes_limit' in stats
          else None)
-  n = 512 if check.args.tiny else 8192
-  record('matmul_peak_tflop_s', {d: round(matmul_peak(jnp.dtype(d), n) / 1e12, 4)
+  record('matmul_peak_tflop_s', {d: round(check.matmul_peak(d) / 1e12, 4)
                                  for d in ('float32', 'bfloat16')})
 
 
@@ -238,20 +353,33 @@ def compiled_step(config, mesh):
 
 
 def measure_step(check, config, mesh) -> dict:
+  """One step variant's speed, FLOPs and memory, with the device facts it is measured
+  against recorded here (a failed device part loses nothing of it)."""
   update, state, batch, step, compile_s = compiled_step(config, mesh)
   cost = step.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
+  cost_flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])  # per device
+  impl = attention_implementation(config, platform_of())
+  attention_per_device = attention_flops(update) / mesh.size
+  # cuDNN's attention is a custom call: XLA's count leaves its FLOPs out.
+  flops = cost_flops + (attention_per_device if impl == 'cudnn' else 0.0)
   memory = step_memory_of.of(step).as_dict()
   state, metrics, times = time_steps(step, state, batch, check.sizes['steps'])
   step_s = float(np.median(times))
-  peak = check.results['parts']['device']['matmul_peak_tflop_s'][config.dtype] * 1e12
-  stats = jax.devices()[0].memory_stats() or {}
-  return {'attention': attention_implementation(config, platform_of()),
+  device = jax.devices()[0]
+  peaks = {'matmul_peak_measured_here': check.matmul_peak(config.dtype),
+           **published_peaks(device.device_kind, config.dtype)}
+  stats = device.memory_stats() or {}
+  return {'attention': impl, 'device_kind': device.device_kind, 'devices': mesh.size,
           'compile_s': round(compile_s, 1), 'ms_per_step': round(step_s * 1e3, 2),
           'ms_per_step_min_max': [round(min(times) * 1e3, 2), round(max(times) * 1e3, 2)],
           'images_per_s': round(config.batch_size * config.num_d_steps / step_s, 1),
-          'gflop_per_step_per_device': round(flops / 1e9, 2),
-          'mfu': round(flops / step_s / peak, 4),
+          'gflop_per_step_per_device': round(flops / 1e9, 4),
+          'gflop_cost_analysis': round(cost_flops / 1e9, 4),
+          'attention_gflop_from_shapes': round(attention_per_device / 1e9, 4),
+          'flops_counted': ('XLA cost analysis + the attention counted from its shapes (a '
+                            'custom call)' if impl == 'cudnn' else 'XLA cost analysis'),
+          'peak_tflop_s': {k: round(v / 1e12, 4) for k, v in peaks.items()},
+          'mfu': {k: round(flops / step_s / v, 4) for k, v in peaks.items()},
           'memory_estimate_gib': {k: round(v / GIB, 3) for k, v in memory.items()},
           # The device's counter is the process's peak so far (it cannot be reset).
           'device_peak_gib_so_far': (round(stats['peak_bytes_in_use'] / GIB, 3)
@@ -265,7 +393,7 @@ STEP_VARIANTS = (('big', 'bfloat16', 'cudnn'), ('big', 'float32', 'xla'), ('smal
 
 def step_part(check, record):
   mesh = make_mesh()
-  share = check.left() * 0.4  # of what is left: the other parts follow
+  share = check.left() * STEP_SHARE  # of what is left: the other parts follow
   stop = time.monotonic() + share
   for size, dtype, impl in STEP_VARIANTS:
     if check.args.tiny and size == 'small':  # the same code at another batch
@@ -308,8 +436,10 @@ def fid_part(check, record):
   start = time.perf_counter()
   run(s['fid_batch'])  # compiles G and Inception for this batch size
   record('compile_and_first_batch_s', round(time.perf_counter() - start, 1))
-  # What to expect, compiled: a batch through G and Inception, and the statistics' part
-  # that does not grow with the samples (the reference's k-NN radii).
+  # What to expect, compiled: the batches through G and Inception at the measured rate,
+  # plus the host statistics, which grow with n: the covariance (2 x 2048^2 FLOP a sample)
+  # and the k-NN of up to KID_FEATURES samples among themselves and against the reference
+  # (float64, at the host's measured matmul rate), plus what a run costs besides.
   start = time.perf_counter()
   run(s['fid_batch'])
   whole = time.perf_counter() - start
@@ -317,11 +447,17 @@ def fid_part(check, record):
   extractor(evaluation.generate(images, variables, config, s['fid_batch'], s['fid_batch'], 0)[0],
             s['fid_batch'])
   batch = time.perf_counter() - start
-  expected = s['fid_samples'] / s['fid_batch'] * batch + max(whole - batch, 0)
+  rate = host_flops()
+  host = lambda n: (2 * n * 2048**2 + 2 * min(n, evaluation.KID_FEATURES) * (
+      min(n, evaluation.KID_FEATURES) + s['fid_reference']) * 2048) / rate
+  other = max(whole - batch - host(s['fid_batch']), 0)
+  expected = s['fid_samples'] / s['fid_batch'] * batch + host(s['fid_samples']) + other
+  record('host_gflop_s', round(rate / 1e9, 1))
+  record('expected_host_statistics_s', round(host(s['fid_samples']), 1))
   record('expected_s', round(expected, 1))
   if expected > check.left():
-    raise Skip(f'{s["fid_samples"]} samples would take ~{expected:.0f} s at the first batch\'s '
-               f'rate, {check.left():.0f} s are left')
+    raise Skip(f'{s["fid_samples"]} samples would take ~{expected:.0f} s (the first batch\'s '
+               f'rate and the host statistics), {check.left():.0f} s are left')
   result = run(s['fid_samples'])
   record('num_samples', s['fid_samples'])
   record('g_dtype', dtype)
@@ -331,15 +467,33 @@ def fid_part(check, record):
   record('images_per_s_end_to_end', round(s['fid_samples'] / result['seconds'], 1))
 
 
+def host_flops() -> float:
+  """FLOP/s of a float64 matmul on the host (numpy), the fastest of three."""
+  a = np.ones((1024, 1024))
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    a @ a
+    times.append(time.perf_counter() - start)
+  return 2 * 1024**3 / min(times)
+
+
+# The EMA G's class accuracy of configs/quickstart.py in float32 over 5 seeds (min, max).
+SEED_SPREAD = (0.807, 0.988)
+SEED_SPREAD_SOURCE = ('5 seeds of configs/quickstart.py, 1,000 steps each, on a 2-core CPU '
+                      '(BENCHMARKS.md, "The quickstart")')
+
+
 def learning_config(check, dtype: str):
-  """configs/quickstart.py in `dtype` (with --tiny: 2 channels, batch 16, and the
-  authors' one D call and Xavier init: the same code of this script, ~15% less to
-  compile, which is most of --tiny's time)."""
+  """configs/quickstart.py in `dtype`, XLA's attention in both dtypes (cuDNN's has no
+  float32: with 'auto' the two dtypes would differ in more than the dtype). With --tiny:
+  2 channels, batch 16, and the authors' one D call and Xavier init: the same code of
+  this script, ~15% less to compile, which is most of --tiny's time."""
   s = check.sizes
-  tiny = dict(ch=2, batch_size=s['big'], ema_start_step=2, attention_impl='xla',
-              state_updates='once', init='xavier') if check.args.tiny else {}
+  tiny = dict(ch=2, batch_size=s['big'], ema_start_step=2, state_updates='once',
+              init='xavier') if check.args.tiny else {}
   config = load_config('quickstart', dtype=dtype, eval_num_samples=s['eval_samples'],
-                       ema_bn_batches=s['ema_bn_batches'], **tiny)
+                       ema_bn_batches=s['ema_bn_batches'], attention_impl='xla', **tiny)
   validate(config, jax.device_count())
   return config
 
@@ -372,9 +526,16 @@ def learning_part(check, record):
   f32, bf16 = check.results['parts']['learning']['float32'], check.results['parts']['learning'][
       'bfloat16']
   record('same_steps', f32['steps'] == bf16['steps'])
-  # Learns like float32: the EMA G's class accuracy within 5 points of float32's at the
-  # same step (the 3 seeds of float32 on the CPU spread over 13 points at 1,000 steps).
-  record('bf16_learns_like_f32', bf16['ema']['class_accuracy'] >= f32['ema']['class_accuracy'] - 0.05)
+  # One seed per dtype: a difference is a verdict only beyond float32's own seed-to-seed
+  # spread (SEED_SPREAD, measured on the CPU).
+  difference = bf16['ema']['class_accuracy'] - f32['ema']['class_accuracy']
+  width = SEED_SPREAD[1] - SEED_SPREAD[0]
+  record('ema_class_accuracy_bf16_minus_f32', round(difference, 4))
+  record('f32_seed_spread', {'ema_class_accuracy': SEED_SPREAD, 'measured': SEED_SPREAD_SOURCE})
+  record('verdict', 'within the seeds\' spread: one seed per dtype shows no difference'
+         if abs(difference) <= width else
+         f'bf16 {"below" if difference < 0 else "above"} float32 by more than the seeds\' spread')
+  record('bf16_learns_like_f32', difference >= -width)
 
 
 def train_and_score(config, mesh, images, labels, extractor, reference, seconds, steps):
@@ -410,8 +571,9 @@ def train_and_score(config, mesh, images, labels, extractor, reference, seconds,
 
 
 def max_batch_part(check, record):
-  """Per dtype: a batch from XLA's estimates at two batches (where the device gives its
-  limit), then probes (compile, two steps) up or down to the largest that runs."""
+  """Per dtype: a global batch (over all devices) from XLA's estimates at two batches
+  (where the device gives its limit), then probes (compile, two steps) up or down to the
+  largest that runs."""
   mesh, s = make_mesh(), check.sizes
   limit = (jax.devices()[0].memory_stats() or {}).get('bytes_limit')
   cap = s['big'] if check.args.tiny else 16_384  # --tiny: the step part's batch, compiled
@@ -450,11 +612,14 @@ def max_batch_part(check, record):
       first = int((limit - (big - per_image * s['big'])) / per_image) // GRAIN * GRAIN
       record(dtype, {'estimated_largest': first, 'probes': probes})
     # From an estimate, grow by 1/8 (a compile per probe): the limit is near.
-    low, high = largest_batch(runs, first, cap, lambda: check.left() > 45,
+    # Each probe only if what is left covers the last probe's time (the first: a compile).
+    probe_s = lambda: probes[-1]['s'] if probes else (1 if check.args.tiny else COMPILE_S + 5)
+    low, high = largest_batch(runs, first, cap, lambda: check.left() > 1.5 * probe_s(),
                               growth=1.125 if limit else 2.0)
-    record(dtype, {'largest_batch_that_runs': low, 'smallest_that_does_not': high,
-                   'search_cap': cap, 'exact_to': GRAIN if high is not None else None,
-                   'probes': probes})
+    record(dtype, {'largest_global_batch_that_runs': low, 'devices': mesh.size,
+                   'largest_batch_per_device': low // mesh.size,
+                   'smallest_global_batch_that_does_not': high, 'search_cap': cap,
+                   'exact_to': GRAIN if high is not None else None, 'probes': probes})
 
 
 GRAIN = 8  # the batch sizes the search tries are multiples of this
@@ -508,16 +673,22 @@ def main():
                       help='float32 training time of the learning part')
   parser.add_argument('--tiny', action='store_true', help='tiny configs: seconds per part')
   parser.add_argument('--parts', default='device,attention,step,fid,learning,max_batch,devices')
+  parser.add_argument('--dry_run', action='store_true',
+                      help='print the plan: each part\'s estimate against the budget; run nothing')
   args = parser.parse_args()
+  if args.dry_run:
+    print('\n'.join(plan(args.parts.split(','), args.budget_minutes * 60)))
+    return
   if args.tiny and '--train_minutes' not in ' '.join(sys.argv):
     args.train_minutes = 0.005  # ~0.3 s: ~6 steps
   os.makedirs(args.out, exist_ok=True)
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', handlers=[
       logging.StreamHandler(sys.stdout), logging.FileHandler(os.path.join(args.out, 'check.log'))])
   check = Check(args)
-  parts = {'device': (device_part, 0), 'attention': (attention_part, 10),
-           'step': (step_part, 60), 'fid': (fid_part, 45), 'learning': (learning_part, 90),
-           'max_batch': (max_batch_part, 60), 'devices': (devices_part, 20)}
+  functions = {'device': device_part, 'attention': attention_part, 'step': step_part,
+               'fid': fid_part, 'learning': learning_part, 'max_batch': max_batch_part,
+               'devices': devices_part}
+  parts = {k: (f, ESTIMATES[k][0]) for k, f in functions.items()}
   if args.tiny:
     parts = {k: (f, 0) for k, (f, _) in parts.items()}
     # The steps of the step, learning, max_batch and devices parts (the tiny step part

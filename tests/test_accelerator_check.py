@@ -1,6 +1,7 @@
 """benchmarks/accelerator_check.py: --tiny on the CPU, every part, seeing only what the lent
 GPU image has (benchmarks/gpu_image/packages.txt) and the wheels that docs/performance.md
 carries there."""
+import functools
 import importlib.metadata
 import json
 import os
@@ -8,13 +9,18 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from processes import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sagan_jax.mesh import make_mesh  # noqa: E402
+from sagan_jax.update import make_update  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-from accelerator_check import GRAIN, largest_batch  # noqa: E402
+from accelerator_check import (GRAIN, attention_flops, attention_inputs,  # noqa: E402
+                              largest_batch, load_config, plan, published_peaks)
 
 IMAGE = os.path.join(ROOT, 'benchmarks', 'gpu_image', 'packages.txt')
 CARRIED = ('ml_collections', 'mlxtend')  # the wheels of docs/performance.md's download
@@ -64,6 +70,40 @@ def test_largest_batch_search_finds_the_limit_to_the_grain():
                        time_left=lambda: len(calls) < 2) == (512, None)
 
 
+def test_attention_flops_are_counted_from_the_networks_shapes(tiny):
+  """Each SelfAttention of G and D is found with its shapes, and the forward count per
+  call is XLA's cost analysis of its two einsums."""
+  c = tiny.config
+  found = attention_inputs(tiny.update)
+  s = c.attention_resolution
+  for net in ('G', 'D'):
+    (n, m, d, v), = found[net]  # one attention block each
+    assert (n, m) == (s * s, s * s // 4) and v == 4 * d > 0, found
+    cost = lambda spec, *shapes: jax.jit(functools.partial(jnp.einsum, spec)).lower(*(
+        jax.ShapeDtypeStruct((c.batch_size,) + x, jnp.float32) for x in shapes)).cost_analysis()
+    xla = (cost('bnd,bmd->bnm', (n, d), (m, d))['flops'] +  # theta phi^T
+           cost('bnm,bmv->bnv', (n, m), (m, v))['flops'])  # beta g
+    assert c.batch_size * 2 * n * m * (d + v) == xla
+  forward = sum(2 * n * m * (d + v) for n, m, d, v in found['G'] + found['D'])
+  # Per step: D steps (G forward on B; D forward and backward on 2B), then the G step.
+  assert attention_flops(tiny.update) == c.batch_size * forward // 2 * (
+      c.num_d_steps * (1 + 6) + 6)
+
+
+def test_published_peaks_and_the_dry_run_plan():
+  assert published_peaks('NVIDIA H100 80GB HBM3', 'bfloat16') == {'H100_bfloat16_dense': 989.4e12}
+  assert set(published_peaks('NVIDIA H200', 'float32')) == {'H200_tf32_dense', 'H200_float32_dense'}
+  assert published_peaks('NVIDIA H100 PCIe', 'bfloat16') == {} == published_peaks('cpu', 'float32')
+  lines = plan(['device', 'step', 'max_batch'], 120)
+  assert 'device' in lines[1] and 'runs' in lines[1]
+  assert 'skipped' in lines[3] and lines[-1].endswith('of 120')
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'accelerator_check.py'),
+                           '--dry_run', '--out=unused', '--budget_minutes=8'], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and 'planned' in result.stdout, result.stderr[-2000:]
+  assert not os.path.exists('unused')
+
+
 @pytest.mark.slow
 def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
   out = tmp_path / 'out'
@@ -90,18 +130,41 @@ def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
   assert parts['device']['matmul_peak_tflop_s']['float32'] > 0
   for dtype in ('float32', 'bfloat16'):
     step = parts['step'][f'batch16_{dtype}_xla']
-    assert step['ms_per_step'] > 0 and step['images_per_s'] > 0 and step['compile_s'] > 0
-    assert 0 < step['mfu'] < 1 and step['memory_estimate_gib']['peak'] > 0 and step['finite']
+    assert 0 < step['ms_per_step'] < 1e5 and step['compile_s'] > 0 and step['finite']
+    assert step['images_per_s'] == pytest.approx(16e3 / step['ms_per_step'], rel=0.01)
+    assert step['memory_estimate_gib']['peak'] > 0 and step['devices'] == 2
+    # FLOPs: XLA's cost analysis of the same program, compiled here on 2 of the suite's
+    # devices; the attention's count from the shapes is a part of it.
+    config = load_config('quickstart', dtype=dtype, batch_size=16, ch=2, ema_start_step=2,
+                         state_updates='once', init='xavier', attention_impl='xla',
+                         eval_num_samples=128, ema_bn_batches=2)
+    update = make_update(config, make_mesh(jax.devices()[:2]))
+    cost = update.compiled().cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost)['flops']
+    assert step['gflop_per_step_per_device'] == pytest.approx(flops / 1e9, rel=1e-3)
+    assert step['gflop_cost_analysis'] == step['gflop_per_step_per_device']
+    assert 0 < step['attention_gflop_from_shapes'] < step['gflop_cost_analysis']
+    # MFU against the matmul peak measured here (a CPU has no published peak).
+    assert set(step['mfu']) == {'matmul_peak_measured_here'}
+    assert step['mfu']['matmul_peak_measured_here'] == pytest.approx(
+        step['gflop_per_step_per_device'] / step['ms_per_step'] /
+        step['peak_tflop_s']['matmul_peak_measured_here'], rel=0.02)
+    assert 0 < step['mfu']['matmul_peak_measured_here'] < 1
   assert 'cuDNN' in parts['step']['batch16_bfloat16_cudnn']['skipped']
   assert parts['fid']['num_samples'] == 4 and parts['fid']['images_per_s_end_to_end'] > 0
   learning = parts['learning']
   assert learning['float32']['steps'] > 0 and learning['same_steps']
   for dtype in ('float32', 'bfloat16'):
     for g in ('ema', 'raw'):
+      # (2 channels for ~6 steps learn nothing: a range, not a learning claim.)
       assert 0 <= learning[dtype][g]['class_accuracy'] <= 1
       assert learning[dtype][g]['frechet_distance'] > 0
   assert learning['floor']['class_accuracy'] >= 0.98  # the shipped classifier on real digits
-  assert isinstance(learning['bf16_learns_like_f32'], bool)
+  assert learning['ema_class_accuracy_bf16_minus_f32'] == pytest.approx(
+      learning['bfloat16']['ema']['class_accuracy'] - learning['float32']['ema']['class_accuracy'],
+      abs=1e-3)
+  assert learning['verdict'] and isinstance(learning['bf16_learns_like_f32'], bool)
   for dtype in ('float32', 'bfloat16'):  # --tiny caps the search at the step part's batch
-    assert parts['max_batch'][dtype]['largest_batch_that_runs'] == 16
+    found = parts['max_batch'][dtype]
+    assert found['largest_global_batch_that_runs'] == 16 and found['largest_batch_per_device'] == 8
   assert parts['devices']['agree'] and set(parts['devices']['losses']) == {'1', '2'}
