@@ -45,14 +45,18 @@ def rows(directory: str):
         'all_reduce': step.get('collectives', {}).get('all-reduce', {}).get('count'),
         'compile_s': step['compile_s'],
         'wall_s': times.get((config, r['slice'], c['dtype'], c['remat'])),
+        'flags': (f"--config=configs/{config}.py --topology={r['slice']} "
+                  f"--config.dtype={c['dtype']}" + (' --config.remat=True' if c['remat'] else '')
+                  + (' --max_batch' if b else '')),
     }
 
 
 def table(directory: str) -> str:
   lines = ['| config | slice (chips, hosts) | batch, dtype | fits | GiB per chip (of HBM) | '
            'largest batch per chip | est. step ms | est. images/s | bound by | GFLOP per chip | '
-           'all-reduces | compile s |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|']
+           'all-reduces | compile s | command: `python main.py --mode=compile '
+           '--nocompile_evaluation` and |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in sorted(rows(directory), key=lambda r: r['order']):
     opt = lambda v, f: f.format(v) if v is not None else '-'
     lines.append(
@@ -60,7 +64,7 @@ def table(directory: str) -> str:
         f"{r['dtype']}{', remat' if r['remat'] else ''} | {r['fits']} | {r['gib']:.2f} "
         f"({r['hbm']:.0f}) | {opt(r['max_per_chip'], '{}')} | {opt(r['ms'], '{:,.0f}')} | "
         f"{opt(r['images_per_s'], '{:,.0f}')} | {r['bound']} | {r['gflop']:,.0f} | "
-        f"{opt(r['all_reduce'], '{}')} | {r['compile_s']:.0f} |")
+        f"{opt(r['all_reduce'], '{}')} | {r['compile_s']:.0f} | `{r['flags']}` |")
   return '\n'.join(lines)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from processes import single_device_env
-from sagan_jax import classifier, evaluation, modes, train
+from sagan_jax import classifier, evaluation, metrics, modes, train
 from tiny_config import shapes_config
 
 
@@ -47,6 +47,7 @@ def test_eval_mode_writes_the_metrics_and_is_deterministic(runs, classifier_weig
   assert list(labels[:12]) == list(range(10)) + [0, 1]
   logits = evaluation.Extractor('classifier', classifier_weights, sampler.mesh, 10)(images)[1]
   assert result['class_accuracy'] == pytest.approx(float((logits.argmax(-1) == labels).mean()))
+  assert result['classifier_score'] == pytest.approx(metrics.inception_score(logits)[0], rel=1e-5)
   options.out = str(tmp_path / 'b')
   again = json.load(open(modes.evaluate(runs[1], options)[0]))
   for key in ('frechet_distance', 'classifier_score', 'kernel_distance', 'class_accuracy'):
