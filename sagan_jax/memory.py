@@ -190,9 +190,10 @@ def largest_batch(config, num_devices: int, limit: int, measure,
   """The largest global batch (a multiple of num_devices x grad_accumulation) whose step
   fits `limit` per device, by compiling: the line through the steps at a micro-batch of
   one and of eight per device (or `known`: {batch per device: Memory} already measured,
-  such as the config's own), then the batch it gives, confirmed (and lowered while the
-  compiler says it does not fit). With the state replicated and the batch split, a
-  device's memory depends only on its share of the batch."""
+  such as the config's own), then the batch it gives, compiled; where that does not fit,
+  the line through it and the largest that fits gives the next (at most 4 compiles more).
+  With the state replicated and the batch split, a device's memory depends only on its
+  share of the batch."""
   k = config.grad_accumulation
   at = lambda b: measure(_with(config, batch_size=b * num_devices))
   points = dict(known or {})
@@ -201,14 +202,26 @@ def largest_batch(config, num_devices: int, limit: int, measure,
       points[b] = at(b)
   line = Line.through(*((b, m.peak) for b, m in sorted(points.items())[:2]))
   b = line.largest(limit) // k * k
-  for _ in range(4):
-    if b < k:
+  for _ in range(4):  # at most 4 compiles more
+    if b < k or b in points:
       break
-    points[b] = points.get(b) or at(b)
-    if points[b].fits(limit):
+    points[b] = at(b)
+    low = max((x for x, m in points.items() if m.fits(limit)), default=None)
+    high = min((x for x, m in points.items() if not m.fits(limit) and (low is None or x > low)),
+               default=None)
+    if high is None:  # the line's answer fits
       break
-    over = points[b].peak - limit
-    b = (b - max(math.ceil(over / max(line.per_example, 1)), k)) // k * k
+    if low is None:  # nothing fits yet: down along the line
+      b = (high - max(math.ceil((points[high].peak - limit) / max(line.per_example, 1)), k))
+    else:
+      # Between the largest that fits and the smallest that does not: where the line
+      # through those two compiles crosses the limit (activations need not grow with the
+      # batch at one slope from a micro-batch of one).
+      between = Line.through((low, points[low].peak), (high, points[high].peak))
+      b = min(between.largest(limit), high - k)
+      if b <= low:
+        break
+    b = b // k * k
   fitting = [b for b, m in points.items() if m.fits(limit)]
   best = max(fitting, default=0)
   above = min((b for b, m in points.items() if b > best and not m.fits(limit)), default=None)

@@ -146,3 +146,21 @@ def test_the_largest_batch_is_read_off_two_compiles_and_confirmed():
   assert memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, measure,
                               known=known)['per_device'] == 4
   assert compiled == [1, 5, 4]  # the known point saves a compile
+
+
+def test_the_largest_batch_search_recovers_from_a_line_that_bends():
+  """Activations that grow slowly at a micro-batch of a few images and three times faster
+  beyond (as XLA's schedules for ImageNet-128 on v5e do): the first line overshoots, the
+  line through the overshoot and the largest that fits lands on the limit."""
+  compiled = []
+
+  def measure(config):
+    b = config.batch_size // 4
+    compiled.append(b)
+    gib = 2 + 0.1 * b if b <= 4 else 2.4 + 0.3 * (b - 4)
+    return memory.Memory(arguments=2**30, temporaries=int(gib * 2**30) - 2**30)
+
+  found = memory.largest_batch(tiny_config(batch_size=16), 4, 16 * 2**30, measure,
+                               known={4: measure(tiny_config(batch_size=16))})
+  assert found['per_device'] == 49 and compiled == [4, 1, 140, 49]  # 2.4 + 0.3 x 45 <= 16
+  assert '140 per device did not fit' in found['limited_by']
