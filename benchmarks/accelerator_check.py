@@ -67,11 +67,12 @@ GIB = 2**30
 
 # Published dense peaks (FLOP/s) and HBM bandwidth of the GPUs a lent machine has; the
 # datasheets give the tensor cores' figures "with sparsity", twice the dense ones.
+_HOPPER = dict(bfloat16=989.4e12, tf32=494.7e12, float32=66.9e12)  # the same compute
 PUBLISHED = {
-    'H100': dict(bfloat16=989.4e12, tf32=494.7e12, float32=66.9e12, hbm_bytes_per_s=3.35e12,
+    'H100': dict(_HOPPER, hbm_bytes_per_s=3.35e12,
                  source='NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: BF16 1,979 and TF32 '
                         '989 TFLOPS with sparsity, FP32 67 TFLOPS, 3.35 TB/s'),
-    'H200': dict(bfloat16=989.4e12, tf32=494.7e12, float32=66.9e12, hbm_bytes_per_s=4.8e12,
+    'H200': dict(_HOPPER, hbm_bytes_per_s=4.8e12,
                  source='NVIDIA H200 Tensor Core GPU datasheet, H200 SXM: BF16 1,979 and TF32 '
                         '989 TFLOPS with sparsity, FP32 67 TFLOPS, 4.8 TB/s'),
 }
@@ -133,6 +134,8 @@ def attention_flops(update) -> float:
 # smallest useful piece of the part, below which it is skipped. Once a part measures
 # something (a compile, a probe, the first FID batches), its later pieces are checked
 # against what it measured instead.
+STEP_VARIANTS = (('big', 'bfloat16', 'cudnn'), ('big', 'float32', 'xla'), ('small', 'bfloat16',
+                 'cudnn'), ('big', 'bfloat16', 'xla'), ('small', 'float32', 'xla'))
 STEP_SHARE = 0.4  # of the budget left when the step part starts
 COMPILE_S = 60  # one imagenet128 train step program on the lent host's 16 cores: a guess
 STEP_S = {'bfloat16': 0.12, 'float32': 0.25}  # batch 256: its 36 TFLOP at ~30% of the peak
@@ -141,9 +144,7 @@ ESTIMATES = {  # part: (minimum, full, basis)
     'attention': (20, 30, 'four small programs compiled and timed'),
     'step': (COMPILE_S + 12 * STEP_S['bfloat16'],
              sum(COMPILE_S * (1 if size == 'big' else 0.7) + 12 * STEP_S[dtype] *
-                 (1 if size == 'big' else 0.25) for size, dtype, _ in (
-                     ('big', 'bfloat16', 0), ('big', 'float32', 0), ('small', 'bfloat16', 0),
-                     ('big', 'bfloat16', 0), ('small', 'float32', 0))),
+                 (1 if size == 'big' else 0.25) for size, dtype, _ in STEP_VARIANTS),
              'five variants, each a compile and 12 steps'),
     'fid': (45, 30 + 30 + 50, "G's and Inception's compile, 50,000 images through both, then "
             'the host statistics, which grow with n: covariances 2 x 2048^2 and k-NN '
@@ -186,6 +187,7 @@ class Check:
   def __init__(self, args):
     self.args, self.deadline = args, time.monotonic() + args.budget_minutes * 60
     self.on_gpu = platform_of() == 'nvidia_gpu'
+    self._peaks = {}  # dtype -> the matmul's FLOP/s (matmul_peak)
     self.results = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(' ', 'seconds'),
                     'command': ' '.join(sys.argv), 'tiny': args.tiny, 'parts': {}}
     # Sizes: the paper's on a device, a few channels and pixels with --tiny, where the FID
@@ -204,10 +206,9 @@ class Check:
   def matmul_peak(self, dtype: str) -> float:
     """FLOP/s of a large matmul in `dtype` on the first device, measured once (by the
     device part, or by the first part that needs it if that one failed)."""
-    peaks = self.__dict__.setdefault('_peaks', {})
-    if dtype not in peaks:
-      peaks[dtype] = matmul_peak(jnp.dtype(dtype), 512 if self.args.tiny else 8192)
-    return peaks[dtype]
+    if dtype not in self._peaks:
+      self._peaks[dtype] = matmul_peak(jnp.dtype(dtype), 512 if self.args.tiny else 8192)
+    return self._peaks[dtype]
 
   def save(self):
     path = os.path.join(self.args.out, 'check.json')
@@ -387,10 +388,6 @@ def measure_step(check, config, mesh) -> dict:
           'finite': bool(np.isfinite(float(metrics['d_loss'])))}
 
 
-STEP_VARIANTS = (('big', 'bfloat16', 'cudnn'), ('big', 'float32', 'xla'), ('small', 'bfloat16',
-                 'cudnn'), ('big', 'bfloat16', 'xla'), ('small', 'float32', 'xla'))
-
-
 def step_part(check, record):
   mesh = make_mesh()
   share = check.left() * STEP_SHARE  # of what is left: the other parts follow
@@ -470,12 +467,7 @@ def fid_part(check, record):
 def host_flops() -> float:
   """FLOP/s of a float64 matmul on the host (numpy), the fastest of three."""
   a = np.ones((1024, 1024))
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    a @ a
-    times.append(time.perf_counter() - start)
-  return 2 * 1024**3 / min(times)
+  return 2 * 1024**3 / min(timed(np.matmul, a, a, repeats=3))
 
 
 # The EMA G's class accuracy of configs/quickstart.py in float32 over 5 seeds (min, max).

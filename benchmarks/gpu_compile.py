@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 from jax.experimental import topologies  # noqa: E402
 
+from accelerator_check import PUBLISHED  # noqa: E402
 from sagan_jax import aot, memory  # noqa: E402
 from sagan_jax.config import from_file, validate  # noqa: E402
 from sagan_jax.mesh import make_mesh  # noqa: E402
@@ -36,13 +37,13 @@ from sagan_jax.update import make_update  # noqa: E402
 
 GIB = 2**30
 PREALLOCATED = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION's default: what a run may use
-# SXM parts, from NVIDIA's datasheets and CUDA's device properties: SMs, memory, HBM
-# bandwidth, L2, boost clock, compute capability 9.0 (Hopper).
+# SXM parts, from NVIDIA's datasheets and CUDA's device properties: SMs, memory, L2, boost
+# clock, compute capability 9.0 (Hopper); the HBM bandwidth is accelerator_check's.
 GPUS = {
-    'h100': dict(name='NVIDIA H100 80GB HBM3', sms=132, memory=80 * 10**9, bandwidth=3.35e12,
-                 l2=50 * 2**20, clock_ghz=1.98),
-    'h200': dict(name='NVIDIA H200', sms=132, memory=141 * 10**9, bandwidth=4.8e12,
-                 l2=50 * 2**20, clock_ghz=1.98),
+    'h100': dict(name='NVIDIA H100 80GB HBM3', sms=132, memory=80 * 10**9, l2=50 * 2**20,
+                 clock_ghz=1.98, bandwidth=PUBLISHED['H100']['hbm_bytes_per_s']),
+    'h200': dict(name='NVIDIA H200', sms=132, memory=141 * 10**9, l2=50 * 2**20,
+                 clock_ghz=1.98, bandwidth=PUBLISHED['H200']['hbm_bytes_per_s']),
 }
 
 

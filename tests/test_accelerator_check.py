@@ -1,6 +1,7 @@
 """benchmarks/accelerator_check.py: --tiny on the CPU, every part, seeing only what the lent
 GPU image has (benchmarks/gpu_image/packages.txt) and the wheels that docs/performance.md
 carries there."""
+import argparse
 import functools
 import importlib.metadata
 import json
@@ -19,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from sagan_jax.mesh import make_mesh  # noqa: E402
 from sagan_jax.update import make_update  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
-from accelerator_check import (GRAIN, attention_flops, attention_inputs,  # noqa: E402
-                              largest_batch, load_config, plan, published_peaks)
+from accelerator_check import (GRAIN, Check, attention_flops, attention_inputs,  # noqa: E402
+                              largest_batch, plan, published_peaks, step_config)
 
 IMAGE = os.path.join(ROOT, 'benchmarks', 'gpu_image', 'packages.txt')
 CARRIED = ('ml_collections', 'mlxtend')  # the wheels of docs/performance.md's download
@@ -135,9 +136,8 @@ def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
     assert step['memory_estimate_gib']['peak'] > 0 and step['devices'] == 2
     # FLOPs: XLA's cost analysis of the same program, compiled here on 2 of the suite's
     # devices; the attention's count from the shapes is a part of it.
-    config = load_config('quickstart', dtype=dtype, batch_size=16, ch=2, ema_start_step=2,
-                         state_updates='once', init='xavier', attention_impl='xla',
-                         eval_num_samples=128, ema_bn_batches=2)
+    config = step_config(Check(argparse.Namespace(tiny=True, budget_minutes=1)), 16, dtype,
+                         'xla')
     update = make_update(config, make_mesh(jax.devices()[:2]))
     cost = update.compiled().cost_analysis()
     flops = (cost[0] if isinstance(cost, list) else cost)['flops']

@@ -169,8 +169,9 @@ def test_a_run_that_cannot_fit_stops_before_training_and_resumes_under_another_k
   mesh = train.make_mesh()
   update = make_update(config, mesh)
   data = input_pipeline.create_train_iterator(config, mesh)
-  state = checkpoint.restore_for_training(checkpoint.make_manager(before, config), config,
-                                          update.state_shapes(), data)
+  manager = checkpoint.make_manager(before, config)
+  state = checkpoint.restore_for_training(manager, config, update.state_shapes(), data)
+  manager.close()
   assert int(state.step) == 4
   step = update.compiled()
   for _ in range(2):
