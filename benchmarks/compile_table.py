@@ -47,6 +47,8 @@ def rows(directory: str):
         'wall_s': times.get((config, r['slice'], c['dtype'], c['remat'])),
         'flags': (f"--config=configs/{config}.py --topology={r['slice']} "
                   f"--config.dtype={c['dtype']}" + (' --config.remat=True' if c['remat'] else '')
+                  + (f" --config.batch_size={c['batch_size']}"
+                     if c['batch_size'] != {'imagenet128': 256, 'cifar10': 64}[config] else '')
                   + (' --max_batch' if b else '')),
     }
 
