@@ -2,7 +2,7 @@
 
   python benchmarks/ema_study.py --config=configs/quickstart.py --config.seed=0 \
       --out=benchmarks/results/ema_study.jsonl
-  python benchmarks/ema_study.py --table=benchmarks/results/ema_study.jsonl
+  python benchmarks/ema_study.py --table=benchmarks/results/ema_study.jsonl[,MORE.jsonl]
 
 The EMA does not feed back into training, so one run can keep every candidate at once:
 the run is main.py's (same update, data and seed), and after its last step each
@@ -27,15 +27,16 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
 flags.DEFINE_string('out', 'benchmarks/results/ema_study.jsonl', 'Append the row here.')
-flags.DEFINE_string('table', None, 'Print the table of this file\'s rows and stop.')
+flags.DEFINE_list('table', None, 'Print the table of these files\' rows (the generators '
+                  'that every row has) and stop.')
 flags.DEFINE_list('candidates', ['0.99@800', '0.99@600', '0.995@500', '0.98@850', '0.95@900',
                                  '0.9@950', '0.999@0'], 'EMAs as DECAY@FIRST_STEP.')
 KEYS = ('class_accuracy', 'frechet_distance', 'precision', 'recall', 'density', 'coverage')
 
 
-def table(path):
-  rows = [json.loads(line) for line in open(path)]
-  names = list(rows[0]['results'])
+def table(paths):
+  rows = [json.loads(line) for path in paths for line in open(path)]
+  names = [n for n in rows[0]['results'] if all(n in r['results'] for r in rows)]
   print(f'{len(rows)} runs, seeds {sorted(r["seed"] for r in rows)}: mean (min-max)\n')
   print('| G | ' + ' | '.join(KEYS) + ' |\n|' + ' --- |' * (len(KEYS) + 1))
   for name in names:
