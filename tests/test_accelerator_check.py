@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from processes import TEST_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from sagan_jax.mesh import make_mesh  # noqa: E402
@@ -108,8 +107,11 @@ def test_published_peaks_and_the_dry_run_plan():
 @pytest.mark.slow
 def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
   out = tmp_path / 'out'
-  env = dict(os.environ, PYTHONPATH=image_only_path(tmp_path / 'site'), XLA_FLAGS=' '.join((
-      '--xla_force_host_platform_device_count=2', *TEST_XLA_FLAGS)))
+  # XLA's default optimisation, not the suite's quicker compiles (TEST_XLA_FLAGS): the
+  # learning part's 800 steps run longer than the compiles take (148 s with those flags
+  # against 120 s without, measured alone).
+  env = dict(os.environ, PYTHONPATH=image_only_path(tmp_path / 'site'),
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
   # Without the suite's compilation cache: no other test compiles the check's programs, and
   # writing its ~130 entries cost the check 5 s of CPU and 6 s of its time (measured).
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
@@ -153,11 +155,12 @@ def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
   assert 'cuDNN' in parts['step']['batch16_bfloat16_cudnn']['skipped']
   assert parts['fid']['num_samples'] == 4 and parts['fid']['images_per_s_end_to_end'] > 0
   learning = parts['learning']
-  assert learning['float32']['steps'] > 0 and learning['same_steps']
+  assert learning['float32']['steps'] == 400 and learning['same_steps']
   for dtype in ('float32', 'bfloat16'):
     for g in ('ema', 'raw'):
-      # (2 channels for ~6 steps learn nothing: a range, not a learning claim.)
-      assert 0 <= learning[dtype][g]['class_accuracy'] <= 1
+      # Above chance (10%): a G at chance reaches 15% of 512 samples with probability ~1e-4
+      # (20-29% here, measured).
+      assert learning[dtype][g]['class_accuracy'] >= 0.15, (dtype, g, learning[dtype][g])
       assert learning[dtype][g]['frechet_distance'] > 0
   assert learning['floor']['class_accuracy'] >= 0.98  # the shipped classifier on real digits
   assert learning['ema_class_accuracy_bf16_minus_f32'] == pytest.approx(
