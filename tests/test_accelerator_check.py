@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from sagan_jax.mesh import make_mesh  # noqa: E402
 from sagan_jax.update import make_update  # noqa: E402
