@@ -34,32 +34,54 @@ def _batches(config, n, seed=0):
            'label': rng.integers(0, config.num_classes, shape, np.int32)} for _ in range(n)]
 
 
+def _assert_same_run(one, eight, config, steps):
+  """The metrics and the state of two runs of `steps` steps agree up to float32 round-off
+  in a different reduction order."""
+  for m1, m8 in zip(one[1], eight[1]):
+    for key in m1:
+      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-5, err_msg=key)
+  # Adam (beta1 = 0) steps a parameter by up to lr * sqrt((1 - b2^t) / (1 - b2)) whatever
+  # its gradient, so a gradient of round-off size may step either way.
+  b2 = config.adam_b2
+  adam_bound = sum(np.sqrt((1 - b2**t) / (1 - b2)) for t in range(1, steps + 1))
+  for net in ('g_params', 'd_params', 'ema_params', 'g_spectral', 'd_spectral', 'g_batch_stats'):
+    lr = config.d_lr if net == 'd_params' else config.g_lr
+    flat_one = jax.tree_util.tree_flatten_with_path(getattr(one[0], net))[0]
+    for (path, a), b in zip(flat_one, jax.tree.leaves(getattr(eight[0], net))):
+      name = f'{net} {jax.tree_util.keystr(path)}'
+      if not net.endswith('params'):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+        continue
+      np.testing.assert_array_less(np.abs(a - b), 2 * adam_bound * lr * 1.01, err_msg=name)
+      if name.startswith(('g_params [\'block', 'ema_params [\'block')) and name.endswith(
+          "['bias']"):
+        continue  # G's conv biases before a batch norm: their true gradient is zero
+      # Elsewhere round-off decides the sign of a gradient only here and there.
+      off = ~np.isclose(a, b, rtol=1e-4, atol=1e-5)
+      assert off.mean() <= 0.01, (name, int(off.sum()), off.size)
+
+
 def test_one_device_and_eight_devices_train_the_same(tiny):
   assert len(tiny.mesh.devices.flat) == 8
   batches, initial = _batches(tiny.config, 3), jax.device_get(tiny.new_state())
   one = _run(tiny.config, train.make_mesh(jax.devices()[:1]), tiny.generator,
              tiny.discriminator, batches, initial)
   eight = _run(tiny.config, tiny.mesh, tiny.generator, tiny.discriminator, batches, initial)
-  for m1, m8 in zip(one[1], eight[1]):
-    for key in m1:
-      np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-5, err_msg=key)
-  # Same parameters, up to float32 round-off in a different reduction order.
-  for net in ('g_params', 'd_params', 'ema_params', 'g_spectral', 'd_spectral', 'g_batch_stats'):
-    flat_one = jax.tree_util.tree_flatten_with_path(getattr(one[0], net))[0]
-    for (path, a), b in zip(flat_one, jax.tree.leaves(getattr(eight[0], net))):
-      name = jax.tree_util.keystr(path)
-      if net in ('g_params', 'ema_params') and name.startswith("['block") and name.endswith(
-          "['bias']"):
-        # A G block's conv bias adds a per-channel constant that the next batch
-        # norm removes: its true gradient is zero, its float gradient is
-        # round-off, and Adam (beta1 = 0) turns round-off into steps of up to
-        # lr * sqrt((1 - b2^t) / (1 - b2)). Both runs stay within that bound
-        # of the common start; nothing more can hold.
-        b2 = tiny.config.adam_b2
-        bound = sum(np.sqrt((1 - b2**t) / (1 - b2)) for t in range(1, len(batches) + 1))
-        np.testing.assert_array_less(np.abs(a - b), 2 * bound * tiny.config.g_lr * 1.01)
-        continue
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f'{net} {name}')
+  _assert_same_run(one, eight, tiny.config, len(batches))
+
+
+def test_every_call_on_one_and_eight_devices_takes_the_same_step(tiny):
+  """state_updates='every_call': D on the reals, then on the fakes, G in the D step, and
+  the G step through D's u moved by D's new weights, each device on its part of the batch.
+  One step, as from there on Adam (beta1 = 0) makes any round-off grow in this mode:
+  a start perturbed by 1e-7 on one device, or 1 vs 2 devices, differ by ~1e-3 in the
+  gradients' norms after two steps (BENCHMARKS_LOG.md)."""
+  config = tiny_config(state_updates='every_call')
+  batches, initial = _batches(config, 1), jax.device_get(tiny.new_state())
+  one = _run(config, train.make_mesh(jax.devices()[:1]), tiny.generator, tiny.discriminator,
+             batches, initial)
+  eight = _run(config, tiny.mesh, tiny.generator, tiny.discriminator, batches, initial)
+  _assert_same_run(one, eight, config, len(batches))
 
 
 def test_two_processes_keep_identical_replicated_state():
