@@ -190,8 +190,9 @@ def largest_batch(config, num_devices: int, limit: int, measure,
   """The largest global batch (a multiple of num_devices x grad_accumulation) whose step
   fits `limit` per device, by compiling: the line through the steps at a micro-batch of
   one and of eight per device (or `known`: {batch per device: Memory} already measured,
-  such as the config's own), then the batch it gives, compiled; where that does not fit,
-  the line through it and the largest that fits gives the next (at most 4 compiles more).
+  such as the config's own), then the batch it gives, compiled; where that fits, the line
+  through the two largest that fit gives the next; where it does not, the line through it
+  and the largest that fits (at most 4 compiles more).
   With the state replicated and the batch split, a device's memory depends only on its
   share of the batch."""
   k = config.grad_accumulation
@@ -200,8 +201,11 @@ def largest_batch(config, num_devices: int, limit: int, measure,
   for b in (k, 8 * k):
     if len(points) < 2 and b not in points:
       points[b] = at(b)
+  # Where a line crosses the limit; a flat one (two compiles at one peak) says nothing of
+  # the growth: then twice the largest batch compiled.
+  crossing = lambda line: line.largest(limit) if line.per_example > 0 else 2 * max(points)
   line = Line.through(*((b, m.peak) for b, m in sorted(points.items())[:2]))
-  b = line.largest(limit) // k * k
+  b = crossing(line) // k * k
   for _ in range(4):  # at most 4 compiles more
     if b < k or b in points:
       break
@@ -209,9 +213,14 @@ def largest_batch(config, num_devices: int, limit: int, measure,
     low = max((x for x, m in points.items() if m.fits(limit)), default=None)
     high = min((x for x, m in points.items() if not m.fits(limit) and (low is None or x > low)),
                default=None)
-    if high is None:  # the line's answer fits
-      break
-    if low is None:  # nothing fits yet: down along the line
+    if high is None:
+      # It fits: on along the line through the two largest that fit (a first line that
+      # overestimates the activations' growth stops short of the limit).
+      top = sorted(x for x, m in points.items() if m.fits(limit))[-2:]
+      b = crossing(Line.through(*((x, points[x].peak) for x in top))) if len(top) == 2 else 0
+      if b <= low:
+        break
+    elif low is None:  # nothing fits yet: down along the line
       b = (high - max(math.ceil((points[high].peak - limit) / max(line.per_example, 1)), k))
     else:
       # Between the largest that fits and the smallest that does not: where the line

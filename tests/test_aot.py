@@ -164,3 +164,27 @@ def test_the_largest_batch_search_recovers_from_a_line_that_bends():
                                known={4: measure(tiny_config(batch_size=16))})
   assert found['per_device'] == 49 and compiled == [4, 1, 140, 49]  # 2.4 + 0.3 x 45 <= 16
   assert '140 per device did not fit' in found['limited_by']
+
+
+def test_the_largest_batch_search_goes_on_up_when_the_first_line_stops_short():
+  """Activations that grow more slowly beyond a micro-batch of eight: the line through 1
+  and 8 stops short of the limit, and the search goes on along the line through the two
+  largest batches that fit until a compile lands on the limit."""
+  compiled = []
+
+  def measure(config):
+    b = config.batch_size // 4
+    compiled.append(b)
+    mib = 2048 + 256 * b if b <= 8 else 4096 + 128 * (b - 8)
+    return memory.Memory(arguments=2**30, temporaries=(mib - 1024) * 2**20)
+
+  found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, measure)
+  # 1 and 8 say 56 per device (10 GiB); 8 and 56 say 104 (16 GiB), which the line through
+  # 56 and 104 confirms.
+  assert compiled == [1, 8, 56, 104] and found['per_device'] == 104 and found['global'] == 416
+  # A flat line (two compiles at one peak) goes twice as far per compile, no further.
+  compiled.clear()
+  flat = lambda config: compiled.append(config.batch_size // 4) or memory.Memory(
+      arguments=2**30, temporaries=2**30 * (1 if config.batch_size // 4 <= 16 else 20))
+  found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, flat)
+  assert compiled[:4] == [1, 8, 16, 32] and found['per_device'] == 16, compiled
