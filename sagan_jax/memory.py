@@ -216,8 +216,13 @@ def largest_batch(config, num_devices: int, limit: int, measure,
     if high is None:
       # It fits: on along the line through the two largest that fit (a first line that
       # overestimates the activations' growth stops short of the limit).
+      # Near the limit XLA's schedule can flatten the curve: where that line is flat, the
+      # first line's growth from the largest that fits.
       top = sorted(x for x, m in points.items() if m.fits(limit))[-2:]
-      b = crossing(Line.through(*((x, points[x].peak) for x in top))) if len(top) == 2 else 0
+      up = Line.through(*((x, points[x].peak) for x in top)) if len(top) == 2 else line
+      if up.per_example <= 0:
+        up = Line(points[low].peak - line.per_example * low, line.per_example)
+      b = crossing(up)
       if b <= low:
         break
     elif low is None:  # nothing fits yet: down along the line

@@ -182,7 +182,22 @@ def test_the_largest_batch_search_goes_on_up_when_the_first_line_stops_short():
   # 1 and 8 say 56 per device (10 GiB); 8 and 56 say 104 (16 GiB), which the line through
   # 56 and 104 confirms.
   assert compiled == [1, 8, 56, 104] and found['per_device'] == 104 and found['global'] == 416
-  # A flat line (two compiles at one peak) goes twice as far per compile, no further.
+  # Where the line through the two largest that fit is flat (XLA's schedule near the
+  # limit), the first line's growth from the largest that fits: here the peak stays at
+  # 12 GiB from 40 to 100 per device, then grows again.
+  compiled.clear()
+
+  def flat_then_up(config):
+    b = config.batch_size // 4
+    compiled.append(b)
+    mib = 2048 + 256 * min(b, 40) + 256 * max(b - 100, 0)
+    return memory.Memory(arguments=2**30, temporaries=(mib - 1024) * 2**20)
+
+  found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, flat_then_up)
+  # 56 fits; 8 and 56 say 80, which fits at the same 12 GiB; from there 16 images of the
+  # first line's 256 MiB: 96, and again 112 (15 GiB), the fourth compile after the first two.
+  assert compiled == [1, 8, 56, 80, 96, 112] and found['per_device'] == 112, compiled
+  # A flat first line (two compiles at one peak) goes twice as far per compile, no further.
   compiled.clear()
   flat = lambda config: compiled.append(config.batch_size // 4) or memory.Memory(
       arguments=2**30, temporaries=2**30 * (1 if config.batch_size // 4 <= 16 else 20))
