@@ -105,7 +105,8 @@ def compile_for_slice(config, tpu_slice: chips.Slice, out: str = '', max_batch: 
   validate(config, num_chips, processes, platform='tpu')
   chip, mesh = tpu_slice.chip, make_mesh(devices)
   update = make_update(config, mesh, 'tpu')
-  logging.info('Compiling for %s: %d processes (hosts), batch %d (%d per chip).',
+  logging.info('Compiling for %s: %d processes (hosts), batch %d (%d per chip); each program '
+               'is logged as its compile ends.',
                tpu_slice.describe(), processes, config.batch_size, config.batch_size // num_chips)
   report = {'slice': tpu_slice.name, 'num_slices': tpu_slice.num_slices, 'chips': num_chips,
             'processes': processes, 'device_kind': devices[0].device_kind,
@@ -120,10 +121,13 @@ def compile_for_slice(config, tpu_slice: chips.Slice, out: str = '', max_batch: 
   report['programs']['train_step'] = program_report(
       step, needed, chip, config.batch_size * config.num_d_steps, num_chips,
       time.perf_counter() - start)
+  _log_program('train_step', report['programs']['train_step'])
 
   if with_evaluation:
     report['programs'].update(evaluation_programs(config, update, mesh, chip))
   if max_batch:
+    logging.info('Searching the largest batch that fits: each try compiles the step again '
+                 '(this one took %.0f s).', report['programs']['train_step']['compile_s'])
     start = time.perf_counter()
     report['max_batch'] = memory.largest_batch(
         config, num_chips, chip.hbm, step_measure(mesh, 'tpu'),
@@ -152,6 +156,7 @@ def evaluation_programs(config, update, mesh, chip) -> dict:
       sampler.program, generator_variables(update.state_shapes(), ema=True), z, y)
   programs = {'sampler': program_report(compiled, memory.of(compiled), chip, batch, num_chips,
                                         seconds)}
+  _log_program('sampler', programs['sampler'])
   kind = evaluation.feature_kind(config)
   params = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),
@@ -162,7 +167,16 @@ def evaluation_programs(config, update, mesh, chip) -> dict:
       evaluation.feature_program(kind, mesh, config.num_classes), params, images)
   programs[kind] = program_report(compiled, memory.of(compiled), chip, batch, num_chips,
                                   seconds)
+  _log_program(kind, programs[kind])
   return programs
+
+
+def _log_program(name: str, report: dict):
+  """One line as each program is compiled (the table follows at the end)."""
+  verdict = 'fits' if report['fits'] else 'does NOT fit'
+  logging.info('  %s: %s per chip of %s HBM, %s (%.0f s of compiling)', name,
+               memory.gib(report['memory']['peak']), memory.gib(report['hbm']), verdict,
+               report['compile_s'])
 
 
 def _suffix(tpu_slice, config) -> str:

@@ -9,6 +9,7 @@ then confirmed by compiling it, so nothing advised here is a guess.
 import dataclasses
 import math
 import re
+import time
 
 import jax
 from absl import logging
@@ -114,6 +115,18 @@ class Line:
     return max(int(math.floor((limit - self.fixed) / self.per_example)), 0)
 
 
+def _measured(measure, config, limit: int | None, what: str) -> Memory:
+  """measure(config), logged as it comes: a compile for a large slice or batch takes
+  minutes on a CPU, and a search makes several."""
+  start = time.perf_counter()
+  m = measure(config)
+  verdict = ('refused by the compiler' if m.rejected else
+             'fits' if m.fits(limit) else 'does not fit')
+  logging.info('  %s: %s per device, %s (%.0f s of compiling)', what, gib(m.peak), verdict,
+               time.perf_counter() - start)
+  return m
+
+
 def _with(config, **overrides):
   new = config.copy_and_resolve_references()
   new.unlock()
@@ -167,19 +180,20 @@ def what_fits(memory: Memory, config, num_devices: int, limit: int, measure) -> 
   per_device = config.batch_size // num_devices
   k0 = config.grad_accumulation
   ks = [k for k in range(k0 + 1, per_device + 1) if per_device % k == 0 and k % k0 == 0]
+  at = lambda flag, **overrides: _measured(measure, _with(config, **overrides), limit, flag)
   if ks:
-    smallest = measure(_with(config, grad_accumulation=ks[-1]))
+    smallest = at(f'--config.grad_accumulation={ks[-1]}', grad_accumulation=ks[-1])
     line = Line.through((per_device // k0, memory.peak), (1, smallest.peak))
     tried = {ks[-1]: smallest}
     for k in [k for k in ks if per_device // k <= line.largest(limit)][:2]:
-      m = tried.get(k) or measure(_with(config, grad_accumulation=k))
+      m = tried.get(k) or at(f'--config.grad_accumulation={k}', grad_accumulation=k)
       if m.fits(limit):
         out.append((f'--config.grad_accumulation={k}', m))
         break
   for flag, overrides in (('--config.remat=True', dict(remat=True)),
                           ('--config.dtype=bfloat16', dict(dtype='bfloat16'))):
     if not all(config[k] == v for k, v in overrides.items()):
-      m = measure(_with(config, **overrides))
+      m = at(flag, **overrides)
       if m.fits(limit):
         out.append((flag, m))
   return out
@@ -196,7 +210,8 @@ def largest_batch(config, num_devices: int, limit: int, measure,
   With the state replicated and the batch split, a device's memory depends only on its
   share of the batch."""
   k = config.grad_accumulation
-  at = lambda b: measure(_with(config, batch_size=b * num_devices))
+  at = lambda b: _measured(measure, _with(config, batch_size=b * num_devices), limit,
+                          f'batch {b * num_devices} ({b} per device)')
   points = dict(known or {})
   for b in (k, 8 * k):
     if len(points) < 2 and b not in points:

@@ -1,5 +1,7 @@
 """--mode=compile: the tiny config compiled by the real TPU compiler (libtpu, from
 requirements-tpu.txt) for TPU slices that are not here, and what fits a chip."""
+import logging
+import re
 import subprocess
 import sys
 
@@ -48,9 +50,16 @@ def _assert_step_report(report, chip):
   return step
 
 
-def test_the_tiny_config_compiles_for_a_v5e_slice_with_the_evaluation(tmp_path):
+def test_the_tiny_config_compiles_for_a_v5e_slice_with_the_evaluation(tmp_path, caplog):
   tpu_slice = chips.parse('v5e-4')
-  report = aot.compile_for_slice(tiny_config(**CONFIG), tpu_slice, out=str(tmp_path))
+  with caplog.at_level(logging.INFO):
+    report = aot.compile_for_slice(tiny_config(**CONFIG), tpu_slice, out=str(tmp_path))
+  # Each program is logged as its compile ends, before the table.
+  logged = [r.getMessage() for r in caplog.records]
+  ends = [i for i, line in enumerate(logged)
+          if re.match(r'  \w+: .* HBM, fits \(\d+ s of compiling\)', line)]
+  assert [logged[i].split(':')[0].strip() for i in ends] == ['train_step', 'sampler', 'classifier']
+  assert ends[-1] < logged.index(aot.table(report).splitlines()[0])
   assert report['device_kind'] == 'TPU v5 lite' and report['chips'] == 4
   _assert_step_report(report, tpu_slice.chip)
   # The sampler gathers the images to every host; the classifier its features and logits.
@@ -125,9 +134,10 @@ def test_what_the_memory_check_advises_fits_when_compiled_for_a_tpu():
     assert fitted.fits(limit) and not fitted.rejected and flag in str(error.value)
 
 
-def test_the_largest_batch_is_read_off_two_compiles_and_confirmed():
+def test_the_largest_batch_is_read_off_two_compiles_and_confirmed(caplog):
   """largest_batch with a stand-in compiler whose memory is known: 1 GiB of state and
-  3 GiB per image, where the real compiler refuses more than 15 GiB."""
+  3 GiB per image, where the real compiler refuses more than 15 GiB. Each compile is
+  logged as it ends (a search for a large slice is minutes per compile on a CPU)."""
   compiled = []
 
   def measure(config):
@@ -137,9 +147,15 @@ def test_the_largest_batch_is_read_off_two_compiles_and_confirmed():
     return memory.Memory(arguments=2**30, temporaries=peak - 2**30,
                          rejected=peak > 15 * 2**30)
 
-  found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, measure)
+  with caplog.at_level(logging.INFO):
+    found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, measure)
   # The line says 5 per chip (16 GiB); the compiler refuses it (16 > 15): then 4 (13 GiB).
   assert found['per_device'] == 4 and found['global'] == 16 and compiled == [1, 8, 5, 4]
+  logged = [r.getMessage() for r in caplog.records if 'per device, ' in r.getMessage()]
+  assert [line.split(':')[0].strip() for line in logged] == [
+      f'batch {4 * b} ({b} per device)' for b in compiled]
+  assert 'batch 20 (5 per device): 16.00 GiB per device, refused by the compiler' in logged[2]
+  assert '13.00 GiB per device, fits' in logged[3] and 'does not fit' not in logged[3]
   assert found['per_example'] == 3 * 2**30 and '5 per device did not fit' in found['limited_by']
   known = {2: measure(tiny_config(batch_size=8))}
   compiled.clear()
