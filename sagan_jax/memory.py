@@ -205,8 +205,9 @@ def largest_batch(config, num_devices: int, limit: int, measure,
   fits `limit` per device, by compiling: the line through the steps at a micro-batch of
   one and of eight per device (or `known`: {batch per device: Memory} already measured,
   such as the config's own), then the batch it gives, compiled; where that fits, the line
-  through the two largest that fit gives the next; where it does not, the line through it
-  and the largest that fits (at most 4 compiles more).
+  through the two largest that fit gives the next (growing at least half as fast as the
+  first); where it does not, the line through it and the largest that fits (at most 4
+  compiles more).
   With the state replicated and the batch split, a device's memory depends only on its
   share of the batch."""
   k = config.grad_accumulation
@@ -230,14 +231,14 @@ def largest_batch(config, num_devices: int, limit: int, measure,
                default=None)
     if high is None:
       # It fits: on along the line through the two largest that fit (a first line that
-      # overestimates the activations' growth stops short of the limit).
-      # Near the limit XLA's schedule can flatten the curve: where that line is flat, the
-      # first line's growth from the largest that fits.
+      # overestimates the activations' growth stops short of the limit). Near the limit
+      # XLA's schedule can flatten the curve for a stretch and steepen it again beyond:
+      # a step along the flattened line overshoots to a program many times the memory (a
+      # whole compile spent), so the growth taken is at least half the first line's.
       top = sorted(x for x, m in points.items() if m.fits(limit))[-2:]
       up = Line.through(*((x, points[x].peak) for x in top)) if len(top) == 2 else line
-      if up.per_example <= 0:
-        up = Line(points[low].peak - line.per_example * low, line.per_example)
-      b = crossing(up)
+      growth = max(up.per_example, line.per_example / 2)
+      b = crossing(Line(points[low].peak - growth * low, growth))
       if b <= low:
         break
     elif low is None:  # nothing fits yet: down along the line

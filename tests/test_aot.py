@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sagan_jax import aot, chips, memory
@@ -210,12 +211,34 @@ def test_the_largest_batch_search_goes_on_up_when_the_first_line_stops_short():
     return memory.Memory(arguments=2**30, temporaries=(mib - 1024) * 2**20)
 
   found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, flat_then_up)
-  # 56 fits; 8 and 56 say 80, which fits at the same 12 GiB; from there 16 images of the
-  # first line's 256 MiB: 96, and again 112 (15 GiB), the fourth compile after the first two.
-  assert compiled == [1, 8, 56, 80, 96, 112] and found['per_device'] == 112, compiled
+  # 56 fits; 8 and 56 say 80, which fits at the same 12 GiB; from there at half the first
+  # line's 256 MiB per image: 112 (15 GiB); then 120 (17 GiB) does not fit.
+  assert compiled == [1, 8, 56, 80, 112, 120] and found['per_device'] == 112, compiled
   # A flat first line (two compiles at one peak) goes twice as far per compile, no further.
   compiled.clear()
   flat = lambda config: compiled.append(config.batch_size // 4) or memory.Memory(
       arguments=2**30, temporaries=2**30 * (1 if config.batch_size // 4 <= 16 else 20))
   found = memory.largest_batch(tiny_config(batch_size=8), 4, 16 * 2**30, flat)
   assert compiled[:4] == [1, 8, 16, 32] and found['per_device'] == 16, compiled
+
+
+def test_the_largest_batch_search_does_not_follow_a_flattened_curve_far_past_the_limit():
+  """The curve the TPU compiler gave for ImageNet-128 in bf16 on v6e-8 (the peak per chip at
+  1, 32, 366, 402, 447 and 1,369 images per chip, measured; straight between): nearly flat
+  from 366 to 402, steep again beyond 447. The line through 366 and 402 alone points at
+  1,369 (a program of 90 GB on a 34 GB chip, a whole compile spent); at no less than half
+  the first line's growth the search lands at 465, 14 below where the curve crosses."""
+  measured = {1: 2383715648, 32: 5095966496, 366: 31465646880, 402: 31569478592,
+              447: 32303144800, 1369: 90709539982}
+  compiled = []
+
+  def measure(config):
+    b = config.batch_size // 8
+    compiled.append(b)
+    peak = int(np.interp(b, sorted(measured), [measured[x] for x in sorted(measured)]))
+    return memory.Memory(arguments=2**30, temporaries=peak - 2**30)
+
+  found = memory.largest_batch(tiny_config(batch_size=256), 8, 32 * 2**30, measure,
+                               known={32: measure(tiny_config(batch_size=256))})
+  assert compiled == [32, 1, 366, 402, 465, 485] and found['per_device'] == 465, compiled
+  assert max(found['compiled'].values()) < 1.1 * 32 * 2**30
