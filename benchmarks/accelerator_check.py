@@ -597,6 +597,8 @@ def max_batch_part(check, record):
       probes.append({'batch': batch_size, 'runs': ok, 's': round(time.perf_counter() - start, 1),
                      **({'why': why} if why else {})})
       record(dtype, {'probes': probes})
+      log.info('max_batch %s: batch %d %s (%.0f s)', dtype, batch_size,
+               'runs' if ok else f'does not run ({why[:200]})', probes[-1]['s'])
       return ok
 
     first = s['big']

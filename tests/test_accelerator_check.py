@@ -120,7 +120,9 @@ def test_tiny_check_runs_every_part_with_only_the_gpu_images_packages(tmp_path):
                           timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   check = json.loads((out / 'check.json').read_text())
-  assert (out / 'check.log').read_text().count('part ') >= 14  # a start and an end per part
+  log = (out / 'check.log').read_text()
+  assert log.count('part ') >= 14  # a start and an end per part
+  assert 'max_batch bfloat16: batch 16 runs' in log  # each probe as it ends
   parts = check['parts']
   assert {k: v['status'] for k, v in parts.items()} == {
       'device': 'ok', 'attention': 'ok', 'step': 'ok', 'fid': 'ok', 'learning': 'ok',
