@@ -74,9 +74,12 @@ def roofline(flops: float, nbytes: float, chip: chips.Chip) -> dict:
           'bound': 'compute' if compute_s >= memory_s else 'HBM bandwidth'}
 
 
-def program_report(compiled, needed: memory.Memory, chip: chips.Chip, images: int,
+def program_report(name: str, compiled, needed: memory.Memory, chip: chips.Chip, images: int,
                    num_chips: int, seconds: float) -> dict:
-  """One program's figures per chip; `images`: what one call processes on the slice."""
+  """One program's figures per chip, logged in a line as its compile ends (the table
+  follows at the end); `images`: what one call processes on the slice."""
+  logging.info('  %s: %s per chip of %s HBM, %s (%.0f s of compiling)', name,
+               memory.gib(needed.peak), memory.gib(chip.hbm), needed.verdict(chip.hbm), seconds)
   report = {'compile_s': round(seconds, 1), 'memory': needed.as_dict(), 'hbm': chip.hbm,
             'fits': needed.fits(chip.hbm)}
   if compiled is None:  # refused by the compiler for want of memory
@@ -119,9 +122,8 @@ def compile_for_slice(config, tpu_slice: chips.Slice, out: str = '', max_batch: 
   start = time.perf_counter()
   step, needed = memory.compile_step(update)
   report['programs']['train_step'] = program_report(
-      step, needed, chip, config.batch_size * config.num_d_steps, num_chips,
+      'train_step', step, needed, chip, config.batch_size * config.num_d_steps, num_chips,
       time.perf_counter() - start)
-  _log_program('train_step', report['programs']['train_step'])
 
   if with_evaluation:
     report['programs'].update(evaluation_programs(config, update, mesh, chip))
@@ -154,9 +156,8 @@ def evaluation_programs(config, update, mesh, chip) -> dict:
   sampler = sampling.ImageSampler(update.generator, mesh)
   compiled, seconds = _compiled_program(
       sampler.program, generator_variables(update.state_shapes(), ema=True), z, y)
-  programs = {'sampler': program_report(compiled, memory.of(compiled), chip, batch, num_chips,
-                                        seconds)}
-  _log_program('sampler', programs['sampler'])
+  programs = {'sampler': program_report('sampler', compiled, memory.of(compiled), chip, batch,
+                                        num_chips, seconds)}
   kind = evaluation.feature_kind(config)
   params = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())),
@@ -165,18 +166,9 @@ def evaluation_programs(config, update, mesh, chip) -> dict:
                                 sharding=split)
   compiled, seconds = _compiled_program(
       evaluation.feature_program(kind, mesh, config.num_classes), params, images)
-  programs[kind] = program_report(compiled, memory.of(compiled), chip, batch, num_chips,
+  programs[kind] = program_report(kind, compiled, memory.of(compiled), chip, batch, num_chips,
                                   seconds)
-  _log_program(kind, programs[kind])
   return programs
-
-
-def _log_program(name: str, report: dict):
-  """One line as each program is compiled (the table follows at the end)."""
-  verdict = 'fits' if report['fits'] else 'does NOT fit'
-  logging.info('  %s: %s per chip of %s HBM, %s (%.0f s of compiling)', name,
-               memory.gib(report['memory']['peak']), memory.gib(report['hbm']), verdict,
-               report['compile_s'])
 
 
 def _suffix(tpu_slice, config) -> str:

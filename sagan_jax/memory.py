@@ -42,6 +42,10 @@ class Memory:
   def fits(self, limit: int | None) -> bool:
     return not self.rejected and (limit is None or self.peak <= limit)
 
+  def verdict(self, limit: int | None) -> str:
+    return ('refused by the compiler' if self.rejected else
+            'fits' if self.fits(limit) else 'does not fit')
+
   def as_dict(self) -> dict:
     return {**dataclasses.asdict(self), 'peak': self.peak}
 
@@ -120,10 +124,8 @@ def _measured(measure, config, limit: int | None, what: str) -> Memory:
   minutes on a CPU, and a search makes several."""
   start = time.perf_counter()
   m = measure(config)
-  verdict = ('refused by the compiler' if m.rejected else
-             'fits' if m.fits(limit) else 'does not fit')
-  logging.info('  %s: %s per device, %s (%.0f s of compiling)', what, gib(m.peak), verdict,
-               time.perf_counter() - start)
+  logging.info('  %s: %s per device, %s (%.0f s of compiling)', what, gib(m.peak),
+               m.verdict(limit), time.perf_counter() - start)
   return m
 
 
