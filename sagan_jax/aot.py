@@ -78,10 +78,10 @@ def program_report(name: str, compiled, needed: memory.Memory, chip: chips.Chip,
                    num_chips: int, seconds: float) -> dict:
   """One program's figures per chip, logged in a line as its compile ends (the table
   follows at the end); `images`: what one call processes on the slice."""
-  logging.info('  %s: %s per chip of %s HBM, %s (%.0f s of compiling)', name,
-               memory.gib(needed.peak), memory.gib(chip.hbm), needed.verdict(chip.hbm), seconds)
   report = {'compile_s': round(seconds, 1), 'memory': needed.as_dict(), 'hbm': chip.hbm,
-            'fits': needed.fits(chip.hbm)}
+            'fits': needed.fits(chip.hbm), 'verdict': needed.verdict(chip.hbm)}
+  logging.info('  %s: %s per chip of %s HBM, %s (%.0f s of compiling)', name,
+               memory.gib(needed.peak), memory.gib(chip.hbm), report['verdict'], seconds)
   if compiled is None:  # refused by the compiler for want of memory
     return report
   c = cost(compiled)
@@ -186,12 +186,10 @@ def table(report: dict) -> str:
            f"{report['processes']} hosts; config {report['config']}"]
   for name, p in report['programs'].items():
     m = p['memory']
-    verdict = 'fits' if p['fits'] else 'does NOT fit'
     lines.append(f'{name} (compiled in {p["compile_s"]} s)')
-    lines.append(f'  memory per chip: {g(m["peak"])} of {g(p["hbm"])} HBM: {verdict} '
+    lines.append(f'  memory per chip: {g(m["peak"])} of {g(p["hbm"])} HBM: {p["verdict"]} '
                  f'(arguments {g(m["arguments"])}, outputs {g(m["outputs"])}, temporaries '
-                 f'{g(m["temporaries"])}, code {g(m["code"])}, reused {g(m["aliased"])})'
-                 + (' [the compiler refused it]' if m['rejected'] else ''))
+                 f'{g(m["temporaries"])}, code {g(m["code"])}, reused {g(m["aliased"])})')
     if 'flops' not in p:
       continue
     e = p['estimate']
